@@ -1,0 +1,271 @@
+"""Typed configuration: dataclasses filled from YAML files and ``--dotted.key value`` flags.
+
+Every recipe config is a dataclass whose fields are scalars or nested dataclasses
+(``model``, ``data``, ``train``). Unknown keys and values of the wrong type are errors that
+name the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclasses.dataclass
+class LoraConfig:
+    """LoRA adapters (peft). ``r = 0`` trains the full model."""
+
+    r: int = 0
+    """Rank of the adapters; 0 disables LoRA."""
+    alpha: int = 16
+    """Scaling numerator (effective scale alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: str = "all-linear"
+    """Comma-separated module names, or 'all-linear'."""
+    merge: bool = False
+    """Merge the adapters into the base weights when saving the final model."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"
+    """HF directory, hub name, .gguf file, or 'smollm2-135m' (the embedded default)."""
+    dtype: str = "float32"
+    """float32 | bfloat16 | float16."""
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    freeze_layers: int = 0
+    """Freeze the embeddings and the first N transformer layers (no gradients through them)."""
+    trust_remote_code: bool = False
+    """Allow model code from the model directory/hub to run (off unless asked)."""
+    attn_implementation: str = "sdpa"
+    """sdpa | eager | flash_attention_2."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    path: str = ""
+    """A .jsonl/.json/.parquet/.csv file (optionally .gz) or a hub dataset name."""
+    split: str = "train"
+    """Split to use for hub datasets."""
+    rows: str = ""
+    """Row range 'start:stop' in file order (empty = all)."""
+    eval_path: str = ""
+    """Held-out data (empty = same file as path, with eval_rows)."""
+    eval_rows: str = ""
+    """Row range of the held-out data (empty with no eval_path = no evaluation)."""
+    max_length: int = 1024
+    """Longest prompt + completion in tokens."""
+    max_prompt_length: int = 0
+    """Longest prompt in tokens (0 = max_length - 1)."""
+    prompt_truncation: str = "drop"
+    """Over-long prompts: 'drop' the row (counted in the log) or cut from the 'left' (keep the last turns)."""
+    completion_truncation: str = "right"
+    """Over-long completions: cut the end ('right') or 'drop' the row."""
+    chat_template: str = "auto"
+    """'auto' (conversational rows use the model's template, plain strings do not) | 'always' | 'never'."""
+    skip_invalid: bool = False
+    """Skip malformed rows (counted in the log) instead of stopping with an error."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    output_dir: str = "runs/run"
+    """Run directory: metrics.jsonl, checkpoints/, final/."""
+    epochs: float = 1.0
+    """Passes over the training data (ignored when max_steps > 0)."""
+    max_steps: int = 0
+    """Optimizer steps (0 = derived from epochs)."""
+    batch_size: int = 8
+    """Examples per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 1e-5
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    """Fraction of the steps with linear warm-up."""
+    lr_scheduler: str = "cosine"
+    """cosine | linear | constant."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 = off)."""
+    eval_steps: int = 0
+    """Evaluate every N steps (0 = only at the start and end)."""
+    eval_batch_size: int = 8
+    save_steps: int = 0
+    """Checkpoint every N steps (0 = only at the end)."""
+    save_total_limit: int = 2
+    """Checkpoints kept."""
+    resume: bool = False
+    """Continue from the last good checkpoint in output_dir."""
+    seed: int = 42
+    packing: bool = True
+    """Padding-free packing with per-sample attention masks (and a shared prompt for pairs/lists)."""
+    pack_length: int = 0
+    """Tokens per packed row (0 = max_length)."""
+    logprob_chunk: int = 1024
+    """Tokens per chunk when computing log-probs from hidden states."""
+    threads: int = 0
+    """torch CPU threads (0 = torch default)."""
+    logging_steps: int = 1
+    progress: bool = True
+    """Show a progress bar."""
+    tensorboard: bool = True
+    """Also log to TensorBoard when it is installed."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
+    if typ in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+        try:
+            if typ is int:
+                f = float(value)
+                if f != int(f):
+                    raise ValueError
+                return int(f)
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r}") from None
+    if typ is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key '{key}' expects a string, got {type(value).__name__}")
+        return "" if value is None else str(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        (item,) = typing.get_args(typ) or (str,)
+        return [_coerce(v, item, key) for v in value]
+    return value
+
+
+def _unknown(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}; valid keys here: {', '.join(valid)}")
+
+
+def apply_dict(cfg: Any, values: dict, prefix: str = "") -> Any:
+    """Fill dataclass ``cfg`` in place from a nested dict; unknown keys raise ConfigError."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '(top)'}' must be a mapping")
+    types_ = _field_types(type(cfg))
+    for key, value in values.items():
+        full = prefix + str(key)
+        if key not in types_:
+            raise _unknown(full, list(types_))
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            apply_dict(current, value, full + ".")
+        else:
+            setattr(cfg, key, _coerce(value, types_[key], full))
+    return cfg
+
+
+def set_dotted(cfg: Any, key: str, value: Any) -> None:
+    """``set_dotted(cfg, "train.lr", "1e-5")`` with type checking."""
+    parts = key.split(".")
+    if isinstance(value, str) and not _target_is_str(cfg, parts):
+        try:
+            value = yaml.safe_load(value)  # "1e-5" -> 1e-05, "true" -> True
+        except yaml.YAMLError:
+            pass
+    nested: dict = {}
+    cur = nested
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    apply_dict(cfg, nested)
+
+
+def _target_is_str(cfg: Any, parts: list[str]) -> bool:
+    obj = cfg
+    for p in parts[:-1]:
+        obj = getattr(obj, p, None)
+        if not dataclasses.is_dataclass(obj):
+            return False
+    return _field_types(type(obj)).get(parts[-1]) is str
+
+
+def load_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)  # safe loader: no arbitrary object construction
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level of a recipe must be a mapping of keys")
+    return data
+
+
+def build_config(cls, config_path: str | None = None, overrides: list[tuple[str, str]] = ()) -> Any:
+    """Defaults <- YAML file <- ``--key value`` overrides."""
+    cfg = cls()
+    if config_path:
+        apply_dict(cfg, load_yaml(config_path))
+    for key, value in overrides:
+        set_dotted(cfg, key, value)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every field, for ``--help`` output."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+        body = tree.body[0].body
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(
+                    getattr(b, "value", None), ast.Constant) and isinstance(b.value.value, str):
+                docs[a.target.id] = " ".join(b.value.value.split())
+    except (OSError, TypeError, SyntaxError):
+        pass
+    out = []
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        val = getattr(inst, f.name)
+        if dataclasses.is_dataclass(val):
+            out += describe(type(val), prefix + f.name + ".")
+        else:
+            out.append((prefix + f.name, repr(val), docs.get(f.name, "")))
+    return out

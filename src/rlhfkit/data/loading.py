@@ -1,0 +1,188 @@
+"""Read raw rows from local files (JSONL, JSON, Parquet, CSV, optionally gzipped) or the hub.
+
+Rows come back as a list of dicts together with their row number (0-based, file order) so
+that every later validation error can name the file and the row.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+
+from ..errors import DataError
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+@dataclass
+class RawRows:
+    """Rows read from one source. ``index[i]`` is the source row number of ``rows[i]``."""
+
+    source: str
+    rows: list[dict]
+    index: list[int]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def parse_row_range(spec: str | None, n: int) -> range:
+    """``"0:2000"`` -> range(0, 2000) clipped to ``n``; ``None`` -> all rows."""
+    if spec is None or spec == "":
+        return range(n)
+    try:
+        lo, _, hi = str(spec).partition(":")
+        start = int(lo) if lo.strip() else 0
+        stop = int(hi) if hi.strip() else n
+    except ValueError as e:
+        raise DataError(f"rows='{spec}' is not a 'start:stop' range such as '0:2000'") from e
+    if start < 0 or stop < start:
+        raise DataError(f"rows='{spec}' must satisfy 0 <= start <= stop")
+    return range(start, min(stop, n))
+
+
+def _read_bytes(path: str) -> bytes:
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError) as e:  # gzip raises BadGzipFile (an OSError) or EOFError
+        raise DataError(f"cannot read file: {e}", source=path) from e
+
+
+def _decode(data: bytes, path: str, row: int | None = None) -> str:
+    try:
+        return data.decode("utf-8-sig")  # tolerate a byte-order mark (spreadsheet exports)
+    except UnicodeDecodeError as e:
+        raise DataError(f"invalid UTF-8 at byte {e.start}; re-encode the file as UTF-8",
+                        source=path, row=row) from e
+
+
+def _read_jsonl(path: str, data: bytes) -> tuple[list, list[int]]:
+    rows, index = [], []
+    for i, line in enumerate(data.split(b"\n")):
+        if not line.strip():
+            continue
+        text = _decode(line, path, row=len(rows))
+        try:
+            rows.append(json.loads(text))
+        except ValueError as e:  # JSONDecodeError, or ints beyond Python's digit limit
+            msg = f"{e.msg} (column {e.colno})" if isinstance(e, json.JSONDecodeError) else str(e)
+            raise DataError(f"bad JSON on line {i + 1}: {msg}", source=path, row=len(rows)) from e
+        index.append(len(index))
+    return rows, index
+
+
+def _read_json(path: str, data: bytes) -> tuple[list, list[int]]:
+    text = _decode(data, path)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"bad JSON at line {e.lineno} column {e.colno}: {e.msg}", source=path) from e
+    except ValueError as e:  # e.g. an integer beyond Python's digit limit
+        raise DataError(f"bad JSON: {e}", source=path) from e
+    if isinstance(obj, dict):
+        # {"data": [...]} or a column-oriented {"col": [...], ...}
+        if len(obj) == 1 and isinstance(next(iter(obj.values())), list) and all(
+                isinstance(r, dict) for r in next(iter(obj.values()))):
+            obj = next(iter(obj.values()))
+        elif obj and all(isinstance(v, list) for v in obj.values()):
+            lengths = {len(v) for v in obj.values()}
+            if len(lengths) != 1:
+                raise DataError("column-oriented JSON has columns of different lengths", source=path)
+            keys = list(obj)
+            obj = [dict(zip(keys, vals)) for vals in zip(*obj.values())]
+    if not isinstance(obj, list):
+        raise DataError("a .json file must hold a list of row objects", source=path)
+    return obj, list(range(len(obj)))
+
+
+def _read_csv(path: str, data: bytes) -> tuple[list, list[int]]:
+    text = _decode(data, path)
+    reader = csv.DictReader(io.StringIO(text))
+    rows = []
+    for row in reader:
+        # Cells that hold JSON lists/objects (e.g. conversational messages) are decoded.
+        for k, v in row.items():
+            if isinstance(v, str) and v[:1] in "[{":
+                try:
+                    row[k] = json.loads(v)
+                except json.JSONDecodeError:
+                    pass
+        rows.append(row)
+    return rows, list(range(len(rows)))
+
+
+def _read_parquet(path: str, data: bytes) -> tuple[list, list[int]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:  # pragma: no cover - pyarrow comes with `datasets`
+        raise DataError("reading Parquet needs pyarrow: pip install pyarrow", source=path) from e
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except Exception as e:  # pyarrow raises several unrelated types for corrupt files
+        raise DataError(f"not a readable Parquet file: {e}", source=path) from e
+    rows = table.to_pylist()
+    return rows, list(range(len(rows)))
+
+
+_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+def _suffix(path: str) -> str:
+    base = path[:-3] if path.endswith(".gz") else path
+    return os.path.splitext(base)[1].lower()
+
+
+def looks_like_hub_name(name: str) -> bool:
+    """``org/name`` with no file extension (``data/train.txt`` is a missing file, not a hub id)."""
+    parts = name.split("/")
+    return (len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+            and not re.search(r"\.[A-Za-z0-9]{1,8}(\.gz)?$", name))
+
+
+def load_rows(path: str, *, split: str = "train", rows: str | None = None) -> RawRows:
+    """Read rows from a local file or a hub dataset name (``org/name``).
+
+    ``rows`` selects a contiguous range (``"0:2000"``) in file order; row numbers in error
+    messages stay those of the file.
+    """
+    path = os.path.expanduser(str(path))
+    if os.path.isfile(path):
+        suffix = _suffix(path)
+        if suffix not in _READERS:
+            raise DataError(f"unsupported file type '{suffix or '(none)'}'; use one of "
+                            f"{', '.join(LOCAL_SUFFIXES)} (optionally .gz)", source=path)
+        raw, index = _READERS[suffix](path, _read_bytes(path))
+    elif os.path.isdir(path) or not looks_like_hub_name(path):
+        raise DataError("data file not found; give a path to a .jsonl/.json/.parquet/.csv file "
+                        "or a hub dataset name such as 'org/name'", source=path)
+    else:
+        raw, index = _load_hub(path, split)
+    for i, r in zip(index, raw):
+        if not isinstance(r, dict):
+            raise DataError(f"row is a {type(r).__name__}, expected an object with named fields",
+                            source=path, row=i)
+    sel = parse_row_range(rows, len(raw))
+    return RawRows(source=path, rows=[raw[i] for i in sel], index=[index[i] for i in sel])
+
+
+def _load_hub(name: str, split: str) -> tuple[list, list[int]]:
+    """Load a hub dataset through ``datasets.load_dataset`` (needs network or the HF cache)."""
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover
+        raise DataError("loading hub datasets needs the 'datasets' package", source=name) from e
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # network errors, missing dataset, missing split
+        raise DataError(f"could not load hub dataset (split '{split}'): {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}. Offline? Point data.path at "
+                        "a local file instead", source=name) from e
+    rows = ds.to_list()
+    return rows, list(range(len(rows)))

@@ -1,0 +1,39 @@
+"""User-facing errors.
+
+Every failure a user can cause (bad config, bad data row, missing model) is raised as a
+subclass of :class:`RlhfkitError`. The CLI prints its message on one line and exits with a
+non-zero status instead of showing a traceback.
+"""
+
+
+class RlhfkitError(Exception):
+    """An error caused by user input; its message says what, where and how to fix it."""
+
+
+class ConfigError(RlhfkitError):
+    """A configuration key or value is wrong."""
+
+
+class DataError(RlhfkitError):
+    """A data file or row is malformed."""
+
+    def __init__(self, message: str, *, source: str | None = None, row: int | None = None,
+                 field: str | None = None):
+        where = []
+        if source is not None:
+            where.append(str(source))
+        if row is not None:
+            where.append(f"row {row}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.source, self.row, self.field = source, row, field
+
+
+class ModelError(RlhfkitError):
+    """A model could not be found or loaded."""
+
+
+class TrainingError(RlhfkitError):
+    """Training cannot continue (NaN/Inf loss, broken checkpoint, ...)."""

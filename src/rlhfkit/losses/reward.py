@@ -1,0 +1,49 @@
+"""Reward-model losses: Bradley-Terry on pairs and on all pairs of K-ranked lists."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def bradley_terry_loss(chosen: Tensor, rejected: Tensor, margin: Tensor | float = 0.0
+                       ) -> tuple[Tensor, dict]:
+    """L = -log sigmoid(r(x, y_w) - r(x, y_l) - m), per pair.
+
+    chosen, rejected: (N,) scalar rewards; margin: scalar or (N,) required gap m.
+    Returns ``(loss (N,), metrics)`` with accuracy (r_w > r_l) and mean margin r_w - r_l.
+    """
+    diff = chosen - rejected
+    loss = -F.logsigmoid(diff - margin)
+    return loss, {
+        "accuracy": float((diff > 0).float().mean()),
+        "margin": float(diff.mean()),
+        "chosen": float(chosen.mean()),
+        "rejected": float(rejected.mean()),
+    }
+
+
+def ranked_pairs(scores: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """All ordered pairs (e, i, j) with scores[e, i] > scores[e, j] (i preferred).
+
+    scores: (E, K) label scores (higher = better); valid: (E, K) bool for lists shorter than K.
+    Returns index tensors (e, i, j), each of length P = number of strictly ordered pairs.
+    """
+    better = scores[:, :, None] > scores[:, None, :]           # (E, K, K)
+    if valid is not None:
+        better &= valid[:, :, None] & valid[:, None, :]
+    return better.nonzero(as_tuple=True)
+
+
+def listwise_bt_loss(rewards: Tensor, scores: Tensor, valid: Tensor | None = None,
+                     margin: float = 0.0) -> tuple[Tensor, dict]:
+    """InstructGPT K-ranked loss: Bradley-Terry on all C(K, 2) ordered pairs of each list.
+
+    rewards: (E, K) model rewards, one forward per response; scores: (E, K) labels.
+    Ties give no pair. Returns ``(loss per pair (P,), metrics)``; the caller averages over
+    the pairs of the step (each list weighs by its number of pairs, as in InstructGPT's
+    1/C(K,2) per prompt when every list has K responses).
+    """
+    e, i, j = ranked_pairs(scores, valid)
+    return bradley_terry_loss(rewards[e, i], rewards[e, j], margin)

