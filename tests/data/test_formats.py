@@ -634,9 +634,6 @@ def test_property_string_valued_rows(row):
 # Regression tests for bugs fixed in the data layer.
 
 
-@pytest.mark.xfail(raises=OverflowError, strict=False,
-                   reason="bug: _score_list calls math.isfinite/float on unbounded ints "
-                          "(OverflowError instead of DataError)")
 def test_listwise_huge_integer_rank_is_a_data_error():
     with pytest.raises(DataError, match="ranks"):
         normalize_row("listwise", "s", 0, {"prompt": "p", "completions": ["a", "b"],

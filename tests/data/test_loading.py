@@ -400,12 +400,8 @@ def test_hub_failure_is_a_data_error(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- known bugs in src
 # Regression tests for bugs fixed in the data layer;
-# limited to the exception the bug raises today, so they start passing once src is fixed.
 
 
-@pytest.mark.xfail(raises=ValueError, strict=False,
-                   reason="bug: json.loads raises plain ValueError (int > 4300 digits), which "
-                          "_read_jsonl/_read_json do not turn into DataError")
 def test_huge_integer_literal_is_a_data_error(tmp_path):
     p = tmp_path / "big.jsonl"
     p.write_text('{"text": "a", "n": ' + "1" * 5000 + "}\n")

@@ -16,11 +16,12 @@ def bradley_terry_loss(chosen: Tensor, rejected: Tensor, margin: Tensor | float 
     """
     diff = chosen - rejected
     loss = -F.logsigmoid(diff - margin)
+    d = diff.detach()
     return loss, {
-        "accuracy": float((diff > 0).float().mean()),
-        "margin": float(diff.mean()),
-        "chosen": float(chosen.mean()),
-        "rejected": float(rejected.mean()),
+        "accuracy": float((d > 0).float().mean()),
+        "margin": float(d.mean()),
+        "chosen": float(chosen.detach().mean()),
+        "rejected": float(rejected.detach().mean()),
     }
 
 

@@ -15,4 +15,4 @@ def sft_loss(token_logps: Tensor, mask: Tensor) -> tuple[Tensor, dict]:
     """
     nll = -token_logps * mask
     n = mask.sum().clamp(min=1)
-    return nll, {"nll": float(nll.sum() / n), "tokens": float(mask.sum())}
+    return nll, {"nll": float(nll.detach().sum() / n), "tokens": float(mask.sum())}

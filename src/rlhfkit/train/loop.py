@@ -156,6 +156,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
+        """Run to the end; return ``{"initial": eval at step 0, "final": eval at the end}``."""
         cfg, acc = self.cfg, self.accelerator
         start = 0
         if cfg.resume:
@@ -171,7 +172,7 @@ class Trainer:
                 self.log(f"[{self.recipe.name}] resumed from {path} (step {start}/{self.total_steps})")
         elif os.path.exists(self.metrics.path):
             os.remove(self.metrics.path)  # a fresh run starts a fresh metrics file
-        last_eval = self.evaluate(0) if start == 0 else {}
+        first_eval = last_eval = self.evaluate(0) if start == 0 else {}
         self.model.train()
         bar = None
         if cfg.progress:
@@ -202,7 +203,7 @@ class Trainer:
         if self.recipe.save is not None:
             self.recipe.save(acc.unwrap_model(self.model), os.path.join(cfg.output_dir, "final"))
         self.metrics.close()
-        return final_eval
+        return {"initial": first_eval, "final": final_eval}
 
     def _train_step(self, step: int) -> dict:
         cfg, acc = self.cfg, self.accelerator

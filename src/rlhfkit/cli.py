@@ -1,0 +1,107 @@
+"""``rlhfkit <command> --config recipe.yaml --section.key value ...``"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+COMMANDS = {
+    "sft": ("rlhfkit.train.sft", "SFTConfig", "supervised fine-tuning (completion-only loss)"),
+    "rm": ("rlhfkit.train.reward", "RMConfig", "reward model (Bradley-Terry, pairs or ranked lists)"),
+}
+
+
+def _overrides(rest: list[str], command: str) -> list[tuple[str, str]]:
+    from .errors import ConfigError
+
+    out, i = [], 0
+    while i < len(rest):
+        tok = rest[i]
+        if not tok.startswith("--") or len(tok) == 2:
+            raise ConfigError(f"unexpected argument '{tok}'; overrides look like --train.lr 1e-5 "
+                              f"(see `rlhfkit {command} --help`)")
+        key = tok[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            value, i = rest[i + 1], i + 2
+        else:
+            value, i = "true", i + 1  # a bare flag: --train.resume
+        out.append((key.replace("-", "_"), value))
+    return out
+
+
+def _config_help(cls) -> str:
+    from .config import describe
+
+    lines = ["configuration keys (YAML or --key value):"]
+    for key, default, doc in describe(cls):
+        lines.append(f"  --{key} (default {default})" + (f"\n      {doc}" if doc else ""))
+    return "\n".join(lines)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    import importlib
+
+    from .errors import RlhfkitError
+
+    parser = argparse.ArgumentParser(
+        prog="rlhfkit", description="The RLHF system on Hugging Face models: SFT, reward models, "
+        "and more. Every training command takes --config recipe.yaml plus --section.key value "
+        "overrides.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (mod, cls_name, doc) in COMMANDS.items():
+        p = sub.add_parser(name, help=doc, add_help=False, description=doc)
+        p.add_argument("--config", help="YAML recipe")
+        p.add_argument("-h", "--help", action="store_true")
+    q = sub.add_parser("quickstart", help="the whole pipeline on the embedded model, offline (CPU, minutes)")
+    q.add_argument("--output_dir", default="runs/quickstart")
+    q.add_argument("--threads", type=int, default=0)
+    q.add_argument("--fast", action="store_true", help="fewer rows and steps (a smoke run)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    _setup_logging()
+    try:
+        if args.command == "quickstart":
+            if rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            from .quickstart import run_quickstart
+            run_quickstart(args.output_dir, threads=args.threads, fast=args.fast)
+            return 0
+        mod_name, cls_name, doc = COMMANDS[args.command]
+        module = importlib.import_module(mod_name)
+        cls = getattr(module, cls_name)
+        if args.help:
+            print(f"usage: rlhfkit {args.command} [--config FILE] [--section.key VALUE ...]\n\n{doc}\n")
+            print(_config_help(cls))
+            return 0
+        from .config import build_config
+        cfg = build_config(cls, args.config, _overrides(rest, args.command))
+        module.run(cfg)
+        return 0
+    except RlhfkitError as e:
+        print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rlhfkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

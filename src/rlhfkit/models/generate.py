@@ -1,0 +1,41 @@
+"""Batched sampling for evaluation: left padding, KV cache, stop at EOS for every row."""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def generate_text(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, temperature: float = 0.0,
+                  top_p: float = 1.0, batch_size: int = 16, seed: int = 0) -> list[str]:
+    """Responses (decoded, special tokens removed) for string or message-list prompts.
+
+    ``temperature == 0`` decodes greedily. Conversational prompts go through the chat
+    template with the generation prompt appended.
+    """
+    from ..data.tokenize import Renderer
+
+    r = Renderer(tokenizer)
+    texts = [r.prompt_text(p) for p in prompts]
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    out: list[str] = []
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    try:
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=True).to(device)
+            kw = dict(do_sample=False) if temperature <= 0 else dict(
+                do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            seqs = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, **kw)
+            new = seqs[:, enc["input_ids"].shape[1]:]
+            out += tokenizer.batch_decode(new, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return out
