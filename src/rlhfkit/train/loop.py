@@ -224,7 +224,7 @@ class Trainer:
                                     f"The last good checkpoint is in {self.ckpt_dir}; lower the "
                                     "learning rate or check the data")
             acc.backward(loss)
-            loss_total += float(loss)
+            loss_total += float(loss.detach())
             tokens += getattr(b, "num_real_tokens", 0)
             for k, v in m.items():  # metrics weighted by each micro-batch's item count
                 sums[k] = sums.get(k, 0.0) + float(v) * c

@@ -1,0 +1,35 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The real SmolLM2 tokenizer (from the embedded model's cache)."""
+    from rlhfkit.models.loading import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tok):
+    """A tiny random causal LM saved as an HF directory (loadable by name like any model)."""
+    from rlhfkit.models.loading import tiny_model
+
+    d = tmp_path_factory.mktemp("tiny-lm")
+    tiny_model(tok, seed=0).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+def write_jsonl(path, rows):
+    import json
+
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
