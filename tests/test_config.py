@@ -122,9 +122,6 @@ def test_override_bool(text, expected):
     assert cfg.train.resume is expected
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError,
-                   reason="BUG: _coerce accepts the strings '1'/'0' for bools, but set_dotted "
-                   "YAML-parses the override first ('1' -> int 1), which _coerce then rejects")
 @pytest.mark.parametrize("text,expected", [("1", True), ("0", False)])
 def test_override_bool_numeric_text(text, expected):
     cfg = build_config(SFTConfig, None, [("train.resume", text)])
@@ -233,17 +230,12 @@ def test_invalid_yaml(tmp_path):
     assert "invalid YAML" in str(ei.value)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="BUG: config._coerce int branch does int(float('inf')) -> OverflowError "
-                   "escapes instead of ConfigError")
 @pytest.mark.parametrize("value", ["inf", ".inf", "1e400"])
 def test_int_key_infinite_value_raises_config_error(value):
     with pytest.raises(ConfigError, match=r"'train\.batch_size'"):
         build_config(SFTConfig, None, [("train.batch_size", value)])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config._coerce converts ints through float, so "
-                   "integers above 2**53 lose precision (9007199254740993 -> ...992)")
 def test_large_int_is_exact():
     cfg = build_config(SFTConfig, None, [("train.seed", "9007199254740993")])
     assert cfg.train.seed == 9007199254740993
@@ -280,9 +272,6 @@ def test_describe_lists_every_leaf_with_docs():
     assert len(by_key) == len(entries)  # no duplicates
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: describe() recurses on type(val) (a fresh TrainConfig), "
-                   "so it reports TrainConfig's defaults (lr 1e-05, output_dir 'runs/run') instead "
-                   "of SFTConfig's own (lr 2e-05, output_dir 'runs/sft'); `rlhfkit sft --help` is wrong")
 def test_describe_reports_recipe_defaults():
     by_key = {k: d for k, d, _ in describe(SFTConfig)}
     assert float(by_key["train.lr"]) == 2e-5

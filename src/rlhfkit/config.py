@@ -139,6 +139,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if typ is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
@@ -147,12 +149,16 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
         try:
             if typ is int:
+                if isinstance(value, int):
+                    return value
+                if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+                    return int(value)  # exact, no detour through float
                 f = float(value)
                 if f != int(f):
                     raise ValueError
                 return int(f)
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r}") from None
     if typ is str:
         if isinstance(value, (dict, list)):
@@ -245,8 +251,9 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, doc) for every field, for ``--help`` output."""
+def describe(cls, prefix: str = "", inst: Any = None) -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every field, for ``--help`` output (defaults as the recipe
+    sets them, e.g. its own output_dir and lr)."""
     import ast
     import inspect
 
@@ -261,11 +268,11 @@ def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
     except (OSError, TypeError, SyntaxError):
         pass
     out = []
-    inst = cls()
+    inst = cls() if inst is None else inst
     for f in dataclasses.fields(cls):
         val = getattr(inst, f.name)
         if dataclasses.is_dataclass(val):
-            out += describe(type(val), prefix + f.name + ".")
+            out += describe(type(val), prefix + f.name + ".", val)
         else:
             out.append((prefix + f.name, repr(val), docs.get(f.name, "")))
     return out

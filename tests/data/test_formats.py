@@ -630,8 +630,8 @@ def test_property_string_valued_rows(row):
         pass
 
 
-# --------------------------------------------------------------------------- known bugs in src
-# Regression tests for bugs fixed in the data layer.
+# --------------------------------------------------------------------------- regressions
+# Edge cases that once escaped as non-DataError exceptions.
 
 
 def test_listwise_huge_integer_rank_is_a_data_error():

@@ -398,8 +398,8 @@ def test_hub_failure_is_a_data_error(tmp_path, monkeypatch):
     assert "ConnectionError: no network" in msg and "second line" not in msg
 
 
-# --------------------------------------------------------------------------- known bugs in src
-# Regression tests for bugs fixed in the data layer;
+# --------------------------------------------------------------------------- regressions
+# Edge cases that once escaped as non-DataError exceptions.
 
 
 def test_huge_integer_literal_is_a_data_error(tmp_path):

@@ -293,9 +293,6 @@ def test_listwise_pair_equals_bt():
     _multiset_close(loss.numpy(), np_bt(np.array(CHOSEN) - np.array(REJECTED), 0.0))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: bradley_terry_loss metrics are NaN (mean of an empty "
-                   "tensor) when a batch has no ordered pair; NaN * 0 then poisons the "
-                   "count-weighted metric averages in train/loop.py and evaluate_pairs")
 def test_listwise_all_ties_metrics_finite():
     loss, m = listwise_bt_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 1.0]]))
     assert loss.numel() == 0

@@ -17,6 +17,8 @@ def bradley_terry_loss(chosen: Tensor, rejected: Tensor, margin: Tensor | float 
     diff = chosen - rejected
     loss = -F.logsigmoid(diff - margin)
     d = diff.detach()
+    if d.numel() == 0:  # no ordered pair (all ties): metrics are zero-weighted, not NaN
+        return loss, {"accuracy": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0}
     return loss, {
         "accuracy": float((d > 0).float().mean()),
         "margin": float(d.mean()),
