@@ -1,10 +1,16 @@
 import os
+import pathlib
 
 import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# The project's shared data sits beside the repository (../shared/data).
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HH_FILE = str(SHARED_DATA / "hh-rlhf-harmless" / "test.jsonl.gz")
+needs_hh = pytest.mark.skipif(not os.path.exists(HH_FILE), reason=f"shared data not found: {HH_FILE}")
 
 
 @pytest.fixture(scope="session")

@@ -62,6 +62,8 @@ class DataConfig:
     """Held-out data (empty = same file as path, with eval_rows)."""
     eval_rows: str = ""
     """Row range of the held-out data (empty with no eval_path = no evaluation)."""
+    columns: str = ""
+    """Rename fields before format detection, 'src:dst,...' (e.g. 'question:prompt,answer:completion')."""
     max_length: int = 1024
     """Longest prompt + completion in tokens."""
     max_prompt_length: int = 0

@@ -19,7 +19,7 @@ from rlhfkit.data.formats import (
 from rlhfkit.data.loading import RawRows, load_rows
 from rlhfkit.errors import DataError
 
-HH_FILE = "/work/shared/data/hh-rlhf-harmless/test.jsonl.gz"
+from conftest import HH_FILE
 
 
 def U(content):

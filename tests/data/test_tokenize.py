@@ -10,7 +10,7 @@ from rlhfkit.data.loading import load_rows
 from rlhfkit.data.tokenize import Example, Renderer, tokenize_records, truncate
 from rlhfkit.errors import DataError
 
-HH = "/work/shared/data/hh-rlhf-harmless/test.jsonl.gz"
+from conftest import HH_FILE as HH, needs_hh
 SYS = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 
 
@@ -47,6 +47,7 @@ def test_multiturn_mask_trains_only_assistant_turns(tok):
     assert dec(tok, ex.prompt).endswith("<|im_start|>user\nu1<|im_end|>\n<|im_start|>assistant\n")
 
 
+@needs_hh
 def test_hh_rows_render_as_multiturn_chat(tok):
     recs = normalize_rows(load_rows(HH, rows="0:1"))
     ex = Renderer(tok).example(recs[0])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -246,6 +247,7 @@ class Trainer:
                "train/epoch": (step + 1) * cfg.grad_accum / self.micro_per_epoch,
                "train/tokens_per_s": tokens / dt, "train/step_time_s": dt}
         rec.update({f"train/{k}": sums[k] / weights[k] for k in sums})
+        rec["train/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         if torch.cuda.is_available():
             rec["train/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         return rec

@@ -1,0 +1,64 @@
+"""Bad input to the CLI gives one clear line on stderr and exit status 2, never a traceback."""
+
+import pytest
+
+from conftest import write_jsonl
+from rlhfkit.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    return write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Q", "chosen": " a", "rejected": " b"}])
+
+
+CASES = {
+    "unknown key": (["--train.lrr", "1"], "unknown config key 'train.lrr'"),
+    "wrong type": (["--train.batch_size", "many"], "config key 'train.batch_size' expects int"),
+    "missing data file": (["--data.path", "nope/missing.jsonl"], "data file not found"),
+    "missing model": (["--model.name", "./no-such-model"], "model directory not found"),
+    "missing config": (["--config", "nope.yaml"], "config file not found"),
+    "no data": (["--data.path", ""], "no training data"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_one_line(capsys, tiny_dir, pairs, name):
+    extra, msg = CASES[name]
+    base = ["--model.name", tiny_dir, "--data.path", pairs, "--train.progress", "false"]
+    code, err = run(capsys, "rm", *base, *extra)
+    assert code == 2
+    assert len(err) == 1 and msg in err[0], err
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_empty_dataset(capsys, tiny_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, err = run(capsys, "sft", "--model.name", tiny_dir, "--data.path", str(empty))
+    assert code == 2 and "dataset is empty" in err[-1]
+
+
+def test_all_rows_over_length(capsys, tiny_dir, tmp_path):
+    path = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "word " * 200, "completion": " x"}] * 3)
+    code, err = run(capsys, "sft", "--model.name", tiny_dir, "--data.path", path, "--data.max_length", "32")
+    assert code == 2 and "no rows left after tokenization" in err[-1]
+
+
+def test_wrong_kind_for_recipe(capsys, tiny_dir, tmp_path):
+    path = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "Q", "completion": " a"}])
+    code, err = run(capsys, "rm", "--model.name", tiny_dir, "--data.path", path)
+    assert code == 2 and "needs preference or listwise data" in err[-1]
+
+
+def test_bad_row_names_file_row_and_field(capsys, tiny_dir, tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Q", "chosen": " a", "rejected": " b"},
+                                                {"prompt": "Q", "chosen": " a", "rejected": " a"}])
+    code, err = run(capsys, "rm", "--model.name", tiny_dir, "--data.path", path)
+    assert code == 2
+    assert "bad.jsonl, row 1, field 'rejected': chosen and rejected are identical" in err[-1]

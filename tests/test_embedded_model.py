@@ -1,0 +1,54 @@
+"""The real embedded model (SmolLM2-135M-Instruct): loading, log-probs, and learning."""
+
+import pytest
+import torch
+
+from rlhfkit.data.collate import collate
+from rlhfkit.data.tokenize import Renderer
+from rlhfkit.models.forward import completion_logprobs
+from rlhfkit.models.loading import load_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_model("smollm2-135m")
+
+
+def test_loads_as_plain_trainable_model(embedded):
+    model, tok = embedded
+    assert model.config.num_hidden_layers == 30 and model.dtype == torch.float32
+    assert getattr(model.config, "quantization_config", None) is None  # fine-tunable, saveable
+    assert tok.pad_token is not None and tok.eos_token == "<|im_end|>"
+    n = sum(p.numel() for p in model.parameters())
+    assert 134e6 < n < 136e6
+
+
+def test_chunked_logprobs_match_full_logits_on_real_model(embedded):
+    model, tok = embedded
+    r = Renderer(tok)
+    ex = r.example({"kind": "preference", "row": 0, "prompt": [{"role": "user", "content": "What is 7 + 5?"}],
+                    "chosen": "7 + 5 = 12.", "rejected": "It is 13."})
+    b = collate([ex], pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        out = completion_logprobs(model, b, chunk=3)
+        for k in range(2):
+            seq = torch.tensor([ex.prompt + ex.completions[k]])
+            logp = torch.log_softmax(model(seq).logits[0].double(), -1)
+            p = len(ex.prompt)
+            ref = sum(float(logp[p - 1 + j, t]) for j, t in enumerate(ex.completions[k]))
+            got = out.seq_logps[(b.seq_completion == k).nonzero()[0, 0]].item()
+            assert got == pytest.approx(ref, abs=2e-3)
+
+
+def test_quickstart_fast_learns(tmp_path):
+    from rlhfkit.quickstart import run_quickstart
+
+    s = run_quickstart(str(tmp_path / "qs"), fast=True, log=lambda *a: None)
+    rows = {r["metric"]: r for r in s["rows"]}
+    nll = rows["held-out NLL (token mean)"]
+    assert nll["after"] < nll["before"] - 0.2
+    em = rows["held-out exact match (greedy)"]
+    assert em["after"] > em["before"]
+    assert (tmp_path / "qs" / "rm" / "final" / "config.json").exists()
