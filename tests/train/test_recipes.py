@@ -129,3 +129,20 @@ def test_rm_listwise_counts_all_pairs(tiny_dir, tmp_path, tok):
     b = t.micro_batch(0)
     assert reward.num_pairs(b) == 3 + 1
     assert b.num_sequences == 5  # one forward per response, not per pair
+
+
+def test_lora_reward_model_adapters_load_for_scoring(tiny_dir, data, tmp_path):
+    cfg = rm_cfg(tiny_dir, data, tmp_path, max_steps=3)
+    cfg.model.lora = LoraConfig(r=4, alpha=8)
+    reward.run(cfg, log=quiet)
+    assert "adapter_config.json" in os.listdir(tmp_path / "final")
+    from rlhfkit.rewards.model import RewardModel
+    rm = RewardModel.load(str(tmp_path / "final"))  # base + adapters (incl. the trained head), merged
+    stored = json.load(open(tmp_path / "final" / "rlhfkit.json"))
+    assert rm.mean == pytest.approx(stored["rlhfkit_reward_mean"])
+    # the merged model reproduces the stored statistics of the rows they were computed on
+    t = reward.build(cfg, log=quiet)
+    mean, std = reward.reward_stats(rm.model, t.recipe.examples[:cfg.norm_rows], t.recipe.collate,
+                                    cfg.train.eval_batch_size)
+    assert mean == pytest.approx(stored["rlhfkit_reward_mean"], abs=1e-4)
+    assert std == pytest.approx(stored["rlhfkit_reward_std"], abs=1e-4)

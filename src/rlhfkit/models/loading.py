@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -131,8 +132,33 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return tok
 
 
+def _adapter_base(path: str) -> str | None:
+    """The base model named by a LoRA adapter directory, or None for a full checkpoint."""
+    f = os.path.join(path, "adapter_config.json")
+    if not os.path.isfile(f) or os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    with open(f) as fh:
+        base = json.load(fh).get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{f} does not name its base model (base_model_name_or_path)")
+    return base
+
+
 def _load_pretrained(cls, name: str, cfg: ModelConfig, **kw):
     path = resolve_model_path(name)
+    base = _adapter_base(path) if os.path.isdir(path) else None
+    if base is not None:
+        # A LoRA adapter directory: load its base, apply the adapters and merge them, so
+        # callers always get a plain model (and can add fresh adapters on top).
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(_load_pretrained(cls, base, cfg, **kw), path).merge_and_unload()
+        extra = os.path.join(path, "rlhfkit.json")
+        if os.path.isfile(extra):
+            with open(extra) as fh:
+                for k, v in json.load(fh).items():
+                    setattr(model.config, k, v)
+        return model
     dtype = _DTYPES.get(cfg.dtype)
     if dtype is None:
         raise ModelError(f"unknown dtype '{cfg.dtype}'; use one of {sorted(set(_DTYPES))}")
