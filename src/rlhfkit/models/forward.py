@@ -39,17 +39,21 @@ class LogprobOutput:
     seq_logps: Tensor        # (S,) masked sum per sequence
     seq_tokens: Tensor       # (S,) masked token count per sequence
     entropy: Tensor | None   # (T,) per-token entropy (no grad) when asked
+    hidden: Tensor | None = None  # (T, H) hidden states predicting each target, when asked
 
 
 def completion_logprobs(model, batch: Batch, *, chunk: int = 1024, temperature: float = 1.0,
-                        entropy: bool = False) -> LogprobOutput:
+                        entropy: bool = False, return_hidden: bool = False) -> LogprobOutput:
     """Per-token and per-sequence log-probs of the completion tokens of ``batch``."""
-    h = hidden_states(model, batch)
-    head = unwrap(model).get_output_embeddings()
-    logp, ent = chunked_logprobs(h.index_select(0, batch.tgt_pos), head.weight, batch.tgt_ids,
-                                 bias=getattr(head, "bias", None), chunk=chunk,
-                                 temperature=temperature, entropy=entropy)
-    return LogprobOutput(logp, *segment_sum(logp, batch), ent)
+    h = hidden_states(model, batch).index_select(0, batch.tgt_pos)   # (T, H)
+    head = lm_head(model)
+    logp, ent = chunked_logprobs(h, head.weight, batch.tgt_ids, bias=getattr(head, "bias", None),
+                                 chunk=chunk, temperature=temperature, entropy=entropy)
+    return LogprobOutput(logp, *segment_sum(logp, batch), ent, h if return_hidden else None)
+
+
+def lm_head(model):
+    return unwrap(model).get_output_embeddings()
 
 
 def segment_sum(token_values: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:

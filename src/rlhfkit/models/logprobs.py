@@ -93,3 +93,24 @@ def naive_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, *, bias: Ten
     """Reference implementation materialising all logits (tests and the `packing: false` path)."""
     logits = _logits(hidden, weight, bias, temperature)
     return torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1)
+
+
+def chunked_token_kl(h_policy: Tensor, w_policy: Tensor, h_ref: Tensor, w_ref: Tensor, *,
+                     chunk: int = 1024) -> Tensor:
+    """Per-token KL(π_ref(·|ctx) || π_θ(·|ctx)) over the whole vocabulary: (N,).
+
+    h_policy (N, H) and w_policy (V, H) carry gradients; the reference side is constant.
+    Each chunk is recomputed in backward (activation checkpointing), so only one
+    [chunk x vocab] block is alive at a time.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def block(hp, hr):
+        logp = torch.log_softmax((hp @ w_policy.t()).float(), -1)
+        with torch.no_grad():
+            logq = torch.log_softmax((hr @ w_ref.t()).float(), -1)
+        return (logq.exp() * (logq - logp)).sum(-1)
+
+    parts = [checkpoint(block, h_policy[s:s + chunk], h_ref[s:s + chunk], use_reentrant=False)
+             for s in range(0, h_policy.shape[0], max(1, chunk))]
+    return torch.cat(parts) if parts else h_policy.new_zeros(0)

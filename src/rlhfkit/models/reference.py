@@ -1,0 +1,124 @@
+"""The frozen reference policy π_ref, in the cheapest form that serves the loss.
+
+Modes:
+
+* ``precompute`` — reference log-probs computed once, before training, with the initial
+  policy, stored on each example (``extra["ref_logps"]``) and cached on disk next to the
+  run, so no second model is kept in memory and resumed runs do not recompute them;
+* ``adapters`` — with LoRA, the policy with its adapters disabled *is* the reference: no
+  second copy of the weights;
+* ``model`` — a separate frozen copy (needed when the loss reads the reference's whole
+  token distribution, as TDPO does, and LoRA is off);
+* ``none`` — reference-free losses (SimPO, ORPO) load nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+
+import torch
+
+from ..errors import ConfigError
+from .forward import LogprobOutput, completion_logprobs
+
+MODES = ("auto", "precompute", "adapters", "model", "none")
+
+
+def choose_mode(mode: str, *, needs_reference: bool, lora: bool, needs_live: bool = False) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"reference must be one of {MODES}, got '{mode}'")
+    if not needs_reference:
+        return "none"
+    if mode == "auto":
+        if lora:
+            return "adapters"
+        return "model" if needs_live else "precompute"
+    if mode == "adapters" and not lora:
+        raise ConfigError("reference=adapters needs LoRA (set model.lora.r > 0)")
+    if mode == "none":
+        raise ConfigError("this loss needs a reference model; use reference=auto|precompute|adapters|model")
+    if mode == "precompute" and needs_live:
+        raise ConfigError("this loss reads the reference's full token distribution; use "
+                          "reference=model or LoRA with reference=adapters")
+    return mode
+
+
+class Reference:
+    def __init__(self, mode: str, policy=None, model=None, chunk: int = 1024):
+        self.mode, self.policy, self.model, self.chunk = mode, policy, model, chunk
+        if model is not None:
+            model.eval().requires_grad_(False)
+
+    @contextlib.contextmanager
+    def _as_reference(self):
+        """Yield the module that computes reference log-probs."""
+        if self.mode == "model":
+            yield self.model
+        elif self.mode == "adapters":
+            with self.policy.disable_adapter():
+                yield self.policy
+        else:  # precompute: the policy itself, before any update
+            yield self.policy
+
+    def module(self):
+        """The module whose weights define π_ref (its LM head is shared with the policy in
+        the adapters/precompute modes)."""
+        return self.model if self.mode == "model" else self.policy
+
+    @torch.no_grad()
+    def logprobs(self, batch, entropy: bool = False, return_hidden: bool = False) -> LogprobOutput:
+        with self._as_reference() as m:
+            return completion_logprobs(m, batch, chunk=self.chunk, entropy=entropy,
+                                       return_hidden=return_hidden)
+
+    def sequence_logps(self, batch) -> torch.Tensor:
+        """(S,) reference sequence log-probs, from the cache or a live forward."""
+        if self.mode == "precompute":
+            vals = [batch.examples[e].extra["ref_logps"][k]
+                    for e, k in zip(batch.seq_example.tolist(), batch.seq_completion.tolist())]
+            return torch.tensor(vals, dtype=torch.float32, device=batch.tgt_ids.device)
+        return self.logprobs(batch).seq_logps
+
+    @torch.no_grad()
+    def precompute(self, examples, collate_fn, batch_size: int, cache: str | None = None, log=None,
+                   model_key: str = "") -> None:
+        """Fill ``ex.extra["ref_logps"]`` for every example (loaded from ``cache`` if it holds
+        the same examples for the same reference model ``model_key``)."""
+        key = _fingerprint(examples, model_key)
+        if cache and os.path.isfile(cache):
+            saved = torch.load(cache, weights_only=True)
+            if saved.get("key") == key:
+                for ex, v in zip(examples, saved["values"]):
+                    ex.extra["ref_logps"] = v
+                return
+        was_training = self.policy.training
+        self.policy.eval()
+        device = next(self.policy.parameters()).device
+        values = []
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i:i + batch_size]
+            b = collate_fn(chunk).to(device)
+            seq = self.logprobs(b).seq_logps.cpu()
+            per_ex = [[0.0] * len(ex.completions) for ex in chunk]
+            for s, (e, k) in enumerate(zip(b.seq_example.tolist(), b.seq_completion.tolist())):
+                per_ex[e][k] = float(seq[s])
+            values += per_ex
+        self.policy.train(was_training)
+        for ex, v in zip(examples, values):
+            ex.extra["ref_logps"] = v
+        if cache:
+            os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
+            tmp = cache + ".tmp"
+            torch.save({"key": key, "values": values}, tmp)
+            os.replace(tmp, cache)
+        if log:
+            log(f"reference log-probs precomputed for {len(examples)} examples")
+
+
+def _fingerprint(examples, model_key: str) -> str:
+    h = hashlib.sha1(model_key.encode())
+    for ex in examples:
+        h.update(repr((ex.prompt, ex.completions)).encode())
+    return h.hexdigest()
