@@ -1,9 +1,9 @@
 """``rlhfkit quickstart``: the RLHF stages that exist, end to end, on the embedded model.
 
 Offline and CPU-only: the data is generated here (arithmetic problems), the model is the
-embedded SmolLM2-135M-Instruct. Stages: SFT on worked answers, then a reward model
-(initialised from the SFT model, as in InstructGPT) on pairs where the correct answer is
-preferred over a wrong one. Prints a before/after table and writes everything under the
+embedded SmolLM2-135M-Instruct. Stages: SFT on worked answers; DPO from the SFT model
+on pairs where the correct answer is preferred over a wrong one; a reward model on the
+same kind of pairs (initialised from the SFT model, as in InstructGPT). Prints a before/after table and writes everything under the
 output dir.
 """
 
@@ -19,7 +19,7 @@ from .config import DataConfig, ModelConfig, TrainConfig
 from .models.generate import generate_text
 from .models.loading import load_model, load_scalar_model
 from .tasks.arithmetic import is_correct, make_problems, preference_rows, sft_rows
-from .train import reward, sft
+from .train import dpo, reward, sft
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> str:
@@ -64,9 +64,22 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
     em_after = exact_match(model, tok, eval_p)
     rows += [("sft", "held-out NLL (token mean)", res["initial"]["eval/nll"], res["final"]["eval/nll"]),
              ("sft", "held-out exact match (greedy)", em_before, em_after)]
+
+    # Stage 2: DPO from the SFT model (which is also π_ref; its log-probs are precomputed) ----
+    dpo_cfg = dpo.DPOConfig(
+        data=DataConfig(path=paths["rm"], eval_path=paths["rm_eval"], max_length=256),
+        train=TrainConfig(output_dir=f"{out}/dpo", epochs=1, batch_size=8, lr=2e-5 if fast else 1e-5,
+                          warmup_ratio=0.1, eval_batch_size=16), beta=0.1)
+    res = dpo.run(dpo_cfg, log=log, model=model, tokenizer=tok)
+    em_dpo = exact_match(model, tok, eval_p)
+    rows += [("dpo", "held-out implicit-reward accuracy", res["initial"]["eval/reward_accuracy"],
+              res["final"]["eval/reward_accuracy"]),
+             ("dpo", "held-out log p(correct) > log p(wrong)", res["initial"]["eval/logp_accuracy"],
+              res["final"]["eval/logp_accuracy"]),
+             ("dpo", "held-out exact match (greedy)", em_after, em_dpo)]
     del model
 
-    # Stage 2: reward model, initialised from the SFT model --------------------------------
+    # Stage 3: reward model, initialised from the SFT model --------------------------------
     rm_cfg = reward.RMConfig(
         model=ModelConfig(name=f"{out}/sft/final"),
         data=DataConfig(path=paths["rm"], eval_path=paths["rm_eval"], max_length=256),
