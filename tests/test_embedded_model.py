@@ -46,9 +46,11 @@ def test_quickstart_fast_learns(tmp_path):
     from rlhfkit.quickstart import run_quickstart
 
     s = run_quickstart(str(tmp_path / "qs"), fast=True, log=lambda *a: None)
-    rows = {r["metric"]: r for r in s["rows"]}
-    nll = rows["held-out NLL (token mean)"]
+    rows = {(r["stage"], r["metric"]): r for r in s["rows"]}
+    nll = rows["sft", "held-out NLL (token mean)"]
     assert nll["after"] < nll["before"] - 0.2
-    em = rows["held-out exact match (greedy)"]
+    em = rows["sft", "held-out exact match (greedy)"]
     assert em["after"] > em["before"]
+    acc = rows["dpo", "held-out implicit-reward accuracy"]
+    assert acc["before"] == 0.5 and acc["after"] > 0.6
     assert (tmp_path / "qs" / "rm" / "final" / "config.json").exists()

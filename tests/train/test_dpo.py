@@ -80,7 +80,7 @@ def test_reference_modes_agree(tiny_dir, pairs, tmp_path):
 
 def test_precomputed_reference_is_cached(tiny_dir, pairs, tmp_path):
     dpo.build(cfg_for(tiny_dir, pairs, tmp_path), log=quiet)
-    assert os.path.isfile(tmp_path / "ref_logps.pt")
+    assert os.path.isfile(tmp_path / "ref_logps_train.pt")
     logs = []
     dpo.build(cfg_for(tiny_dir, pairs, tmp_path), log=logs.append)
     assert not any("precomputed" in m for m in logs)  # loaded from the cache

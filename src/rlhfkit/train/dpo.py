@@ -164,9 +164,10 @@ def build(cfg: DPOConfig, log=print, model=None, tokenizer=None) -> Trainer:
             model.get_base_model() if hasattr(model, "get_base_model") else model)
     ref = Reference(mode, policy=model, model=ref_model, chunk=cfg.train.logprob_chunk)
     if mode == "precompute":
-        ref.precompute(train + evals, collate_fn, cfg.train.eval_batch_size,
-                       cache=os.path.join(cfg.train.output_dir, "ref_logps.pt"), log=log,
-                       model_key=f"{cfg.model.name}|sft_first={cfg.sft_first}")
+        for name, exs in (("train", train), ("eval", evals)):  # eval batches line up with evaluation
+            if exs:
+                ref.precompute(exs, collate_fn, cfg.train.eval_batch_size, log=log, model_key=f"{cfg.model.name}|sft_first={cfg.sft_first}",
+                               cache=os.path.join(cfg.train.output_dir, f"ref_logps_{name}.pt"))
     log(f"[dpo] loss_type={cfg.loss_type} beta={cfg.beta} reference={mode}")
     chunk = cfg.train.logprob_chunk
     recipe = Recipe(

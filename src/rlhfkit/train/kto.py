@@ -101,9 +101,10 @@ def build(cfg: KTOConfig, log=print, model=None, tokenizer=None) -> Trainer:
     ref_model = load_model(cfg.ref_model or cfg.model.name)[0] if mode == "model" else None
     ref = Reference(mode, policy=model, model=ref_model, chunk=cfg.train.logprob_chunk)
     if mode == "precompute":
-        ref.precompute(train + evals, collate_fn, cfg.train.eval_batch_size,
-                       cache=os.path.join(cfg.train.output_dir, "ref_logps.pt"), log=log,
-                       model_key=cfg.model.name)
+        for name, exs in (("train", train), ("eval", evals)):  # eval batches line up with evaluation
+            if exs:
+                ref.precompute(exs, collate_fn, cfg.train.eval_batch_size, log=log, model_key=cfg.model.name,
+                               cache=os.path.join(cfg.train.output_dir, f"ref_logps_{name}.pt"))
     n_d = sum(bool(ex.label) for ex in train)
     log(f"[kto] {n_d} desirable / {len(train) - n_d} undesirable rows, reference={mode}")
     chunk = cfg.train.logprob_chunk
