@@ -68,7 +68,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
     # Stage 2: DPO from the SFT model (which is also π_ref; its log-probs are precomputed) ----
     dpo_cfg = dpo.DPOConfig(
         data=DataConfig(path=paths["rm"], eval_path=paths["rm_eval"], max_length=256),
-        train=TrainConfig(output_dir=f"{out}/dpo", epochs=1, batch_size=8, lr=5e-6,
+        train=TrainConfig(output_dir=f"{out}/dpo", epochs=1, batch_size=8, lr=1e-5,
                           warmup_ratio=0.1, eval_batch_size=16), beta=0.1)
     res = dpo.run(dpo_cfg, log=log, model=model, tokenizer=tok)
     em_dpo = exact_match(model, tok, eval_p)
