@@ -172,6 +172,9 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
         (item,) = typing.get_args(typ) or (str,)
+        if dataclasses.is_dataclass(item):  # e.g. reward specs: mappings become dataclasses,
+            return [apply_dict(item(), v, f"{key}[{i}].") if isinstance(v, dict) else v  # strings stay
+                    for i, v in enumerate(value)]                                      # shorthand
         return [_coerce(v, item, key) for v in value]
     return value
 
@@ -260,15 +263,18 @@ def describe(cls, prefix: str = "", inst: Any = None) -> list[tuple[str, str, st
     import inspect
 
     docs: dict[str, str] = {}
-    try:
-        tree = ast.parse(inspect.getsource(cls))
-        body = tree.body[0].body
-        for a, b in zip(body, body[1:]):
-            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(
-                    getattr(b, "value", None), ast.Constant) and isinstance(b.value.value, str):
-                docs[a.target.id] = " ".join(b.value.value.split())
-    except (OSError, TypeError, SyntaxError):
-        pass
+    for klass in reversed(cls.__mro__):  # base classes first, so subclasses may re-document
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(inspect.getsource(klass))
+            body = tree.body[0].body
+            for a, b in zip(body, body[1:]):
+                if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(
+                        getattr(b, "value", None), ast.Constant) and isinstance(b.value.value, str):
+                    docs[a.target.id] = " ".join(b.value.value.split())
+        except (OSError, TypeError, SyntaxError):
+            pass
     out = []
     inst = cls() if inst is None else inst
     for f in dataclasses.fields(cls):

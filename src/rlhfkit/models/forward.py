@@ -38,7 +38,7 @@ class LogprobOutput:
     token_logps: Tensor      # (T,) log p of each completion token
     seq_logps: Tensor        # (S,) masked sum per sequence
     seq_tokens: Tensor       # (S,) masked token count per sequence
-    entropy: Tensor | None   # (T,) per-token entropy (no grad) when asked
+    entropy: Tensor | None   # (T,) per-token entropy when asked (differentiable)
     hidden: Tensor | None = None  # (T, H) hidden states predicting each target, when asked
 
 

@@ -28,16 +28,18 @@ class _ChunkedLogprob(torch.autograd.Function):
             if want_entropy:
                 p = torch.softmax(logits, dim=-1)
                 ent[s:s + chunk] = lse - (p * logits).sum(-1)
-        ctx.save_for_backward(hidden, weight, bias, targets, lse_all)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse_all, ent)
         ctx.chunk, ctx.temperature = chunk, temperature
         if want_entropy:
-            ctx.mark_non_differentiable(ent)
             return logp, ent
         return logp, hidden.new_zeros(0)
 
     @staticmethod
-    def backward(ctx, grad_logp: Tensor, _grad_ent: Tensor):
-        hidden, weight, bias, targets, lse_all = ctx.saved_tensors
+    def backward(ctx, grad_logp: Tensor, grad_ent: Tensor):
+        hidden, weight, bias, targets, lse_all, ent = ctx.saved_tensors
+        if grad_logp is None:
+            grad_logp = lse_all.new_zeros(lse_all.shape)
+        use_ent = ent is not None and grad_ent is not None and grad_ent.numel() > 0
         chunk, t = ctx.chunk, ctx.temperature
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -47,9 +49,14 @@ class _ChunkedLogprob(torch.autograd.Function):
             h = hidden[s:s + chunk]
             logits = _logits(h, weight, bias, t)
             # d logp / d logits = onehot(y) - softmax(logits); scaled by the incoming grad
-            g = -torch.exp(logits - lse_all[s:s + chunk, None])
+            logq = logits - lse_all[s:s + chunk, None]
+            p = torch.exp(logq)
+            g = -p
             g.scatter_add_(1, targets[s:s + chunk, None], torch.ones_like(g[:, :1]))
-            g.mul_(grad_logp[s:s + chunk, None] / t)  # logits = (h W^T + b) / t
+            g.mul_(grad_logp[s:s + chunk, None])
+            if use_ent:  # dH/dz = -p (log p + H)
+                g.sub_(p * (logq + ent[s:s + chunk, None]) * grad_ent[s:s + chunk, None])
+            g.div_(t)  # logits = (h W^T + b) / t
             if need_h:
                 grad_h[s:s + chunk] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
             if need_w:
@@ -78,7 +85,8 @@ def chunked_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, *, bias: T
     """log softmax(hidden @ weight.T / temperature)[targets], computed ``chunk`` rows at a time.
 
     hidden: (N, H); weight: (V, H) (the LM head); targets: (N,) token ids.
-    Returns ``(logp (N,) fp32, entropy (N,) fp32 or None)``; entropy carries no gradient.
+    Returns ``(logp (N,) fp32, entropy (N,) fp32 or None)``; both are differentiable (an
+    entropy bonus backpropagates through the same chunked recomputation).
     """
     if hidden.shape[0] == 0:
         z = hidden.new_zeros(0, dtype=torch.float32) + 0 * weight.sum()

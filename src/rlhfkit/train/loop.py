@@ -21,6 +21,7 @@ import math
 import os
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -44,6 +45,15 @@ class Recipe:
     save: Callable[[Any, str], None] | None = None
     name: str = "train"
     state: dict = field(default_factory=dict)  # recipe state saved with checkpoints
+    plan: Callable[[Any, list, int], tuple[Any, dict]] | None = None
+    """Online recipes: ``plan(model, micro_batches, step) -> (updates, metrics)``. The loop's
+    micro-batches (e.g. prompts) become an iterable of optimizer updates, each a list of
+    micro-batches for ``step``; ``metrics`` (filled while the updates run) join the step's
+    record. The LR schedule advances once per loop step either way."""
+    param_groups: Callable[[Any], list] | None = None
+    """Optimizer parameter groups (e.g. a critic with its own learning rate)."""
+    on_step_end: Callable[[int, dict], None] | None = None
+    """Called with each step's finished metrics record (monitors, schedules)."""
 
 
 class MetricsLog:
@@ -120,7 +130,8 @@ class Trainer:
         params = [p for p in recipe.model.parameters() if p.requires_grad]
         if not params:
             raise TrainingError("the model has no trainable parameters (check freeze_layers / LoRA)")
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = recipe.param_groups(recipe.model) if recipe.param_groups else params
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
         self.model, self.optimizer = self.accelerator.prepare(recipe.model, self.optimizer)
         os.makedirs(cfg.output_dir, exist_ok=True)
@@ -185,7 +196,7 @@ class Trainer:
                 rec = self._train_step(step)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{rec['train/loss']:.4f}")
+                    bar.set_postfix(loss=f"{rec.get('train/loss', float('nan')):.4f}")
                 if (step + 1) % max(1, cfg.logging_steps) == 0 or step + 1 == self.total_steps:
                     self.metrics.write(step + 1, rec)
                 if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0 and step + 1 < self.total_steps:
@@ -207,19 +218,59 @@ class Trainer:
         return {"initial": first_eval, "final": final_eval}
 
     def _train_step(self, step: int) -> dict:
-        cfg, acc = self.cfg, self.accelerator
+        cfg = self.cfg
         t0 = time.perf_counter()
         ks = range(step * cfg.grad_accum, (step + 1) * cfg.grad_accum)
         batches = [self.micro_batch(k) for k in ks]
+        if self.recipe.plan is not None:
+            updates, extra = self.recipe.plan(self.model, batches, step)
+        else:
+            updates, extra = [batches], {}
+        recs = [self._update(mbs, step) for mbs in updates]
+        lr = self.scheduler.get_last_lr()[0]
+        with warnings.catch_warnings():  # a step whose updates were all filtered out is fine
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
+        dt = time.perf_counter() - t0
+        rec: dict = {}
+        for r in recs:  # mean over the updates of this step
+            for k, v in r.items():
+                rec[k] = rec.get(k, 0.0) + v / len(recs)
+        tokens = sum(r.pop("_tokens", 0) for r in recs)
+        rec.pop("_tokens", None)
+        rec.update({"train/lr": lr, "train/epoch": (step + 1) * cfg.grad_accum / self.micro_per_epoch,
+                    "train/step_time_s": dt})
+        if self.recipe.plan is None:
+            rec["train/tokens_per_s"] = tokens / dt
+        rec.update(extra)
+        rec.setdefault("train/updates", float(len(recs)))
+        if self.recipe.on_step_end is not None:
+            self.recipe.on_step_end(step + 1, rec)
+        rec["train/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        if torch.cuda.is_available():
+            rec["train/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        return rec
+
+    def _update(self, batches: list, step: int) -> dict:
+        """One optimizer update from ``batches`` (micro-batches, gradients accumulated).
+
+        ``step(model, batch)`` returns ``(loss_sum, metrics)`` or ``(loss_sum, metrics,
+        extra_loss)``; the update's loss is Σ loss_sum / Σ count + Σ extra_loss, where
+        ``extra_loss`` is a term the recipe already normalised (e.g. PPO-ptx's SFT loss).
+        """
+        acc = self.accelerator
         counts = [float(self.recipe.count(b)) for b in batches]
         total = sum(counts)
         if total <= 0:
-            raise TrainingError(f"step {step}: the batch holds nothing to train on")
+            raise TrainingError(f"step {step + 1}: the batch holds nothing to train on")
         loss_total, sums, weights = 0.0, {}, {}
         tokens = 0
         for b, c in zip(batches, counts):
-            loss_sum, m = self.recipe.step(self.model, b)
+            out = self.recipe.step(self.model, b)
+            loss_sum, m = out[0], out[1]
             loss = loss_sum / total
+            if len(out) > 2 and out[2] is not None:
+                loss = loss + out[2]
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; stopping. "
                                     f"The last good checkpoint is in {self.ckpt_dir}; lower the "
@@ -231,23 +282,16 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + float(v) * c
                 weights[k] = weights.get(k, 0.0) + c
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if cfg.max_grad_norm > 0:
-            gnorm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
+        if self.cfg.max_grad_norm > 0:
+            gnorm = float(acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
         else:
-            gnorm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+            grads = [p.grad.norm() for p in params if p.grad is not None]
+            gnorm = float(torch.norm(torch.stack(grads))) if grads else 0.0
         if not math.isfinite(gnorm):
             raise TrainingError(f"non-finite gradient norm at step {step + 1}; stopping. The last "
                                 f"good checkpoint is in {self.ckpt_dir}")
-        lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        rec = {"train/loss": loss_total, "train/lr": lr, "train/grad_norm": gnorm,
-               "train/epoch": (step + 1) * cfg.grad_accum / self.micro_per_epoch,
-               "train/tokens_per_s": tokens / dt, "train/step_time_s": dt}
+        rec = {"train/loss": loss_total, "train/grad_norm": gnorm, "_tokens": tokens}
         rec.update({f"train/{k}": sums[k] / weights[k] for k in sums})
-        rec["train/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        if torch.cuda.is_available():
-            rec["train/peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         return rec

@@ -1,0 +1,353 @@
+"""Reward sources for online RL behind one interface, and their weighted combination.
+
+A *reward source* scores a batch of rows: ``score(prompts, completions, extras)`` returns a
+:class:`RewardResult` with one value per row, ``nan`` where the row failed, and the failures
+as ``(row, message)``. Three kinds exist, chosen by :class:`RewardConfig.type`:
+
+* ``verifier``: rule-based checks of the completion (:mod:`rlhfkit.rewards.verifiers`);
+* ``function``: a user function ``"package.module:function"`` run in a worker process
+  (:mod:`rlhfkit.rewards.functions`);
+* ``model``: one trained reward model, or an ensemble of several
+  (:mod:`rlhfkit.rewards.reward_model`).
+
+:func:`build_rewards` turns a list of configs (dataclasses, dicts or command-line shorthands
+such as ``"gsm8k"``, ``"model:runs/rm/final*0.5"``) into a :class:`CombinedReward`, whose
+``score`` gives the weighted total per row, each source's values, and readable errors.
+A failed row never stops training: it contributes 0 to the total and is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+from ..config import apply_dict
+from ..errors import ConfigError
+
+REWARD_TYPES = ("verifier", "function", "model")
+VERIFIER_NAMES = ("arithmetic", "gsm8k", "format")
+
+DEFAULT_FORMAT_PATTERN = r"(?i)\bthe (?:final )?answer is:?\s*\$?-?\d[\d,]*(?:\.\d+)?\s*\.?\s*$"
+"""Default regex of the ``format`` verifier: the response *ends* with a final-answer sentence
+such as "The answer is 42." (case-insensitive; "final answer", a colon, a "$", commas,
+decimals, a missing full stop and trailing whitespace are all accepted)."""
+
+SHORTHAND_HELP = ("'arithmetic', 'gsm8k', 'format', 'model:PATH' (or 'model:PATH1;PATH2' for an "
+                  "ensemble) or 'fn:package.module:function', optionally followed by '*WEIGHT' "
+                  "(e.g. 'gsm8k*0.5')")
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    """One reward source and its weight in the total reward."""
+
+    type: str = "verifier"
+    """verifier | function | model."""
+    name: str = ""
+    """Display name in metrics and errors (empty = the verifier name, the function name, or 'rm')."""
+    verifier: str = "arithmetic"
+    """arithmetic | gsm8k | format (type=verifier)."""
+    fn: str = ""
+    """User reward function 'package.module:function' (type=function)."""
+    path: str = ""
+    """Reward model directory (type=model); several comma-separated = an ensemble."""
+    ensemble_k: float = 0.0
+    """Ensemble score = mean - k * std over the models (population std); 0 = plain mean."""
+    normalize: bool = True
+    """Reward model: standardise scores with the mean/std stored at training time."""
+    pattern: str = ""
+    """Regex of the format verifier, matched with re.search (empty = the response ends with 'The answer is N.')."""
+    weight: float = 1.0
+    """Multiplier of this source in the total reward (0 = logged only)."""
+    timeout: float = 30.0
+    """Seconds allowed per call of a user function before its worker is stopped."""
+
+
+@dataclasses.dataclass
+class RewardResult:
+    """What one source returns for a batch."""
+
+    values: list[float]
+    """One value per row; float('nan') where the row failed."""
+    errors: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    """(row index, message) for every failed row."""
+
+
+@runtime_checkable
+class RewardSource(Protocol):
+    """Anything with a ``name`` and a ``score`` method of this signature is a reward source.
+
+    ``prompts`` are strings or chat message lists (``[{"role": ..., "content": ...}]``),
+    ``completions`` the generated strings, ``extras`` one dict per row with the row's other
+    dataset fields (e.g. ``"answer"``). The result has exactly ``len(completions)`` values.
+    Sources may also define ``close()`` to release workers or models.
+    """
+
+    name: str
+
+    def score(self, prompts: list, completions: list[str], extras: list[dict]) -> RewardResult:
+        ...
+
+
+@dataclasses.dataclass
+class CombinedScores:
+    """Rewards of one batch from every source."""
+
+    total: list[float]
+    """Weighted sum per row; a row that failed in a source contributes 0 for that source."""
+    per_source: dict[str, list[float]]
+    """Unweighted values per source name, nan kept for failed rows (exclude them in metrics)."""
+    errors: list[str]
+    """One line per failure, e.g. "reward 'myfn' failed on row 3: ValueError: bad input"."""
+
+
+# --------------------------------------------------------------------------- configs
+
+def parse_weight_suffix(text: str) -> tuple[str, float | None]:
+    """Split ``"gsm8k*0.5"`` into ``("gsm8k", 0.5)``; ``(text, None)`` without a suffix."""
+    m = re.fullmatch(r"(.*?)\s*\*\s*([^*]*)", text)
+    if m is None:
+        return text, None
+    try:
+        return m.group(1), float(m.group(2))
+    except ValueError:
+        raise ConfigError(f"reward '{text}': the weight after '*' must be a number, got "
+                          f"'{m.group(2)}'; use e.g. 'gsm8k*0.5'") from None
+
+
+def parse_shorthand(text: str) -> RewardConfig:
+    """A :class:`RewardConfig` from a command-line shorthand (see ``SHORTHAND_HELP``)."""
+    body, weight = parse_weight_suffix(text.strip())
+    body = body.strip()
+    if body in VERIFIER_NAMES:
+        cfg = RewardConfig(type="verifier", verifier=body)
+    elif body.startswith("model:") and body[len("model:"):].strip(" ;"):
+        paths = [p.strip() for p in body[len("model:"):].split(";") if p.strip()]
+        cfg = RewardConfig(type="model", path=",".join(paths))
+    elif body.startswith("fn:") and body[len("fn:"):].strip():
+        cfg = RewardConfig(type="function", fn=body[len("fn:"):].strip())
+    else:
+        raise ConfigError(f"unknown reward '{text}'; use {SHORTHAND_HELP}")
+    if weight is not None:
+        cfg.weight = weight
+    return cfg
+
+
+def reward_config_from(value: Any, where: str = "reward") -> RewardConfig:
+    """Normalise ``value`` to a validated :class:`RewardConfig`.
+
+    Accepts a RewardConfig (copied), a dict of RewardConfig fields (unknown keys are
+    errors naming the valid ones; a list ``path`` is joined with commas) or a shorthand
+    string (``"gsm8k"``, ``"model:A;B*0.5"``, ``"fn:pkg.mod:fn"``). ``where`` names the
+    entry in error messages. Nothing is imported or loaded here.
+    """
+    if isinstance(value, RewardConfig):
+        cfg = dataclasses.replace(value)
+    elif isinstance(value, dict):
+        value = dict(value)
+        if isinstance(value.get("path"), (list, tuple)):
+            value["path"] = ",".join(str(p) for p in value["path"])
+        cfg = apply_dict(RewardConfig(), value, prefix=where + ".")
+    elif isinstance(value, str):
+        cfg = parse_shorthand(value)
+    else:
+        raise ConfigError(f"{where}: expected a reward config, a mapping or a string like "
+                          f"'gsm8k', got {type(value).__name__}")
+    check_reward_config(cfg, where)
+    return cfg
+
+
+def parse_reward_list(text: str) -> list[RewardConfig]:
+    """Comma-separated shorthands (``"gsm8k,format*0.2"``) as configs, e.g. for a CLI flag."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return [reward_config_from(t, f"rewards[{i}]") for i, t in enumerate(items)]
+
+
+def model_paths(cfg: RewardConfig) -> list[str]:
+    """The reward model directories of a ``model`` config (comma-separated ``path``)."""
+    return [p.strip() for p in cfg.path.split(",") if p.strip()]
+
+
+def default_name(cfg: RewardConfig) -> str:
+    """``cfg.name`` or the derived one: verifier name, function name, or 'rm'."""
+    if cfg.name:
+        return cfg.name
+    if cfg.type == "verifier":
+        return cfg.verifier
+    if cfg.type == "function":
+        return cfg.fn.rpartition(":")[2].rpartition(".")[2] or "fn"
+    return "rm"
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or os.path.exists(path)
+
+
+def check_reward_config(cfg: RewardConfig, where: str = "reward") -> None:
+    """Raise ConfigError for any invalid field; cheap (no imports, no model loading)."""
+    if cfg.type not in REWARD_TYPES:
+        raise ConfigError(f"{where}.type: unknown reward type '{cfg.type}'; use one of "
+                          f"{', '.join(REWARD_TYPES)}")
+    if not math.isfinite(cfg.weight):
+        raise ConfigError(f"{where}.weight must be a finite number, got {cfg.weight}")
+    if cfg.type == "verifier":
+        if cfg.verifier not in VERIFIER_NAMES:
+            raise ConfigError(f"{where}.verifier: unknown verifier '{cfg.verifier}'; use one of "
+                              f"{', '.join(VERIFIER_NAMES)}")
+        if cfg.verifier == "format" and cfg.pattern:
+            try:
+                re.compile(cfg.pattern)
+            except re.error as e:
+                raise ConfigError(f"{where}.pattern '{cfg.pattern}' is not a valid regex ({e}); "
+                                  "fix it (Python re syntax)") from None
+    elif cfg.type == "function":
+        from .functions import parse_reference
+
+        parse_reference(cfg.fn, where + ".fn")
+        if not (cfg.timeout > 0 and math.isfinite(cfg.timeout)):
+            raise ConfigError(f"{where}.timeout must be a positive number of seconds, got "
+                              f"{cfg.timeout}")
+    else:
+        paths = model_paths(cfg)
+        if not paths:
+            raise ConfigError(f"{where}.path: a model reward needs the reward model directory; "
+                              "set path (several comma-separated for an ensemble)")
+        for p in paths:
+            if _looks_local(p) and not os.path.isdir(os.path.expanduser(p)):
+                raise ConfigError(f"{where}.path: reward model directory not found: {p}; give "
+                                  "the 'final' directory written by `rlhfkit rm`")
+        if not (cfg.ensemble_k >= 0 and math.isfinite(cfg.ensemble_k)):
+            raise ConfigError(f"{where}.ensemble_k must be a finite number >= 0, got "
+                              f"{cfg.ensemble_k}")
+
+
+# --------------------------------------------------------------------------- combining
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """Make names distinct by suffixing repeats: ``["rm", "rm", "x"] -> ["rm", "rm_2", "x"]``."""
+    out: list[str] = []
+    for n in names:
+        cand, k = n, 2
+        while cand in out or (cand != n and cand in names):
+            cand, k = f"{n}_{k}", k + 1
+        out.append(cand)
+    return out
+
+
+def rows_text(rows: Sequence[int]) -> str:
+    """``[3] -> "row 3"``, ``[0, 1, 2, 5] -> "rows 0-2, 5"``."""
+    rows = sorted(set(rows))
+    if len(rows) == 1:
+        return f"row {rows[0]}"
+    spans: list[str] = []
+    start = rows[0]
+    for i, r in enumerate(rows):
+        if i + 1 == len(rows) or rows[i + 1] != r + 1:  # a run of consecutive rows ends at r
+            spans.append(str(start) if start == r else f"{start}-{r}")
+            start = rows[i + 1] if i + 1 < len(rows) else r
+    return "rows " + ", ".join(spans)
+
+
+def error_lines(name: str, errors: Sequence[tuple[int, str]]) -> list[str]:
+    """One line per distinct message, naming the rows it hit (in first-seen order)."""
+    by_msg: dict[str, list[int]] = {}
+    for row, msg in errors:
+        by_msg.setdefault(msg, []).append(row)
+    return [f"reward '{name}' failed on {rows_text(rows)}: {msg}" for msg, rows in by_msg.items()]
+
+
+class CombinedReward:
+    """Several reward sources with weights; ``score`` returns :class:`CombinedScores`.
+
+    Sources whose names repeat are renamed with suffixes (``rm``, ``rm_2``). Exceptions
+    raised by a source's ``score`` itself (not row failures) propagate: they are bugs or
+    broken models, and training on silent zeros would hide them.
+    """
+
+    def __init__(self, sources: Sequence[RewardSource], weights: Sequence[float] | None = None):
+        sources = list(sources)
+        weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
+        if not sources:
+            raise ConfigError("no reward sources given; set at least one reward (e.g. 'gsm8k')")
+        if len(weights) != len(sources):
+            raise ValueError(f"{len(sources)} reward sources but {len(weights)} weights")
+        self.sources, self.weights = sources, weights
+        self.names = unique_names([s.name for s in sources])
+
+    def score(self, prompts: list, completions: list[str],
+              extras: list[dict] | None = None) -> CombinedScores:
+        n = len(completions)
+        extras = [{} for _ in range(n)] if extras is None else list(extras)
+        if len(prompts) != n or len(extras) != n:
+            raise ValueError(f"{len(prompts)} prompts, {n} completions and {len(extras)} extras; "
+                             "they must have one entry per row")
+        total = [0.0] * n
+        per_source: dict[str, list[float]] = {}
+        errors: list[str] = []
+        for name, src, w in zip(self.names, self.sources, self.weights):
+            res = src.score(list(prompts), list(completions), extras)
+            if len(res.values) != n:
+                raise RuntimeError(f"reward '{name}' returned {len(res.values)} values for {n} rows")
+            per_source[name] = [float(v) for v in res.values]
+            total = [t + w * v if math.isfinite(v) else t for t, v in zip(total, per_source[name])]
+            errors += error_lines(name, res.errors)
+        return CombinedScores(total=total, per_source=per_source, errors=errors)
+
+    def close(self) -> None:
+        """Release every source's resources (worker processes, models)."""
+        for s in self.sources:
+            close = getattr(s, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> "CombinedReward":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def build_source(cfg: RewardConfig, name: str, where: str = "reward") -> RewardSource:
+    """The reward source of one validated config (imports functions, loads models);
+    ``where`` names the entry in error messages."""
+    if cfg.type == "verifier":
+        from .verifiers import make_verifier
+
+        return make_verifier(cfg.verifier, name=name, pattern=cfg.pattern)
+    if cfg.type == "function":
+        from .functions import FunctionReward
+
+        return FunctionReward(cfg.fn, name=name, timeout=cfg.timeout, where=where + ".fn")
+    from .reward_model import ModelReward
+
+    return ModelReward(model_paths(cfg), name=name, normalize=cfg.normalize,
+                       ensemble_k=cfg.ensemble_k)
+
+
+def build_rewards(configs: Sequence[Any]) -> CombinedReward:
+    """A :class:`CombinedReward` from configs, dicts or shorthands.
+
+    Every entry is validated first, then user functions are imported (cheap, and a bad
+    reference fails before any model loads), then reward models are loaded.
+    """
+    if isinstance(configs, (str, dict, RewardConfig)):
+        configs = [configs]
+    configs = list(configs)
+    if not configs:
+        raise ConfigError("no rewards configured; give at least one, e.g. 'arithmetic', "
+                          "'gsm8k', 'model:PATH' or 'fn:package.module:function'")
+    cfgs = [reward_config_from(c, f"rewards[{i}]") for i, c in enumerate(configs)]
+    names = unique_names([default_name(c) for c in cfgs])
+    order = sorted(range(len(cfgs)), key=lambda i: cfgs[i].type == "model")  # models last
+    built: dict[int, RewardSource] = {}
+    try:
+        for i in order:
+            built[i] = build_source(cfgs[i], names[i], f"rewards[{i}]")
+    except BaseException:
+        for s in built.values():
+            getattr(s, "close", lambda: None)()
+        raise
+    return CombinedReward([built[i] for i in range(len(cfgs))], [c.weight for c in cfgs])

@@ -1,0 +1,154 @@
+"""Advantage estimators: pure functions on padded per-token tensors, in one registry.
+
+Shapes: N sequences (prompt-major: the G samples of prompt i are rows i·G … i·G+G−1),
+T = longest response. ``mask`` (N, T) is 1 on response tokens. ``scores`` (N,) are the
+sequence-level rewards; ``token_rewards`` (N, T) are per-token rewards (the KL penalty on
+every token plus the score on the last one) for the estimators that read them.
+
+Every estimator returns ``(advantages (N, T), returns (N, T) or None)`` with zeros outside
+the mask. Select one with ``advantage:`` in the RL recipe:
+
+==================  ============================================================
+gae                 GAE(γ, λ) with a critic (PPO); returns = A + V
+grpo                (r − mean_group) / (std_group + ε)  (std dropped with scale=False)
+rloo                r − mean of the *other* G − 1 samples of the group
+reinforce_pp        return-to-go of token rewards (γ = 1), normalised over the batch
+reinforce_baseline  r − mean_group, divided by the std over the whole batch
+==================  ============================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class AdvantageInputs:
+    mask: Tensor                          # (N, T) float
+    scores: Tensor                        # (N,) sequence rewards (KL already folded in when in-reward)
+    group_size: int = 1
+    token_rewards: Tensor | None = None   # (N, T)
+    values: Tensor | None = None          # (N, T) critic values V(s_t)
+    gamma: float = 1.0
+    lam: float = 0.95
+    scale: bool = True                    # grpo: divide by the group std
+    eps: float = 1e-4
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """(x − mean) / std over the masked entries (population variance); zeros outside."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over each row's masked tokens.
+
+    δ_t = r_t + γ·V_{t+1} − V_t with V after the last response token = 0 (the episode ends
+    there), A_t = δ_t + γλ·A_{t+1}; returns R_t = A_t + V_t. Masked positions are skipped
+    (they neither receive nor pass on value), so a mask with holes behaves as if the masked
+    tokens were absent.
+    """
+    N, T = mask.shape
+    adv = torch.zeros_like(values)
+    next_value = values.new_zeros(N)
+    next_adv = values.new_zeros(N)
+    for t in reversed(range(T)):
+        m = mask[:, t]
+        delta = token_rewards[:, t] + gamma * next_value - values[:, t]
+        a = delta + gamma * lam * next_adv
+        adv[:, t] = a * m
+        next_value = torch.where(m > 0, values[:, t], next_value)
+        next_adv = torch.where(m > 0, a, next_adv)
+    return adv, (adv + values) * mask
+
+
+def group_normalize(scores: Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-4) -> Tensor:
+    """GRPO: (r_i − mean of its group) / (std of its group + ε). ``std`` is the unbiased
+    sample std (as in the GRPO papers' reference code); ``scale=False`` is Dr.GRPO."""
+    g = scores.view(-1, group_size)
+    centred = g - g.mean(dim=1, keepdim=True)
+    if scale:
+        std = g.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(g[:, :1])
+        centred = centred / (std + eps)
+    return centred.reshape(-1)
+
+
+def rloo(scores: Tensor, group_size: int) -> Tensor:
+    """Leave-one-out baseline: r_i − (Σ_{j≠i} r_j) / (G − 1)."""
+    if group_size < 2:
+        raise ValueError("RLOO needs at least 2 samples per prompt (rollout.num_generations >= 2)")
+    g = scores.view(-1, group_size)
+    others = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
+    return (g - others).reshape(-1)
+
+
+def returns_to_go(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+    N, T = mask.shape
+    out = torch.zeros_like(token_rewards)
+    running = token_rewards.new_zeros(N)
+    for t in reversed(range(T)):
+        running = torch.where(mask[:, t] > 0, token_rewards[:, t] + gamma * running, running)
+        out[:, t] = running * mask[:, t]
+    return out
+
+
+def _broadcast(seq_adv: Tensor, mask: Tensor) -> Tensor:
+    return seq_adv[:, None] * mask
+
+
+def _gae(x: AdvantageInputs):
+    if x.values is None or x.token_rewards is None:
+        raise ValueError("advantage 'gae' needs critic values and token rewards")
+    return gae(x.token_rewards, x.values, x.mask, x.gamma, x.lam)
+
+
+def _grpo(x: AdvantageInputs):
+    return _broadcast(group_normalize(x.scores, x.group_size, scale=x.scale, eps=x.eps), x.mask), None
+
+
+def _rloo(x: AdvantageInputs):
+    return _broadcast(rloo(x.scores, x.group_size), x.mask), None
+
+
+def _reinforce_pp(x: AdvantageInputs):
+    if x.token_rewards is None:
+        raise ValueError("advantage 'reinforce_pp' needs token rewards")
+    ret = returns_to_go(x.token_rewards, x.mask, gamma=1.0)
+    return masked_whiten(ret, x.mask), ret
+
+
+def _reinforce_baseline(x: AdvantageInputs):
+    g = x.scores.view(-1, x.group_size)
+    centred = (g - g.mean(dim=1, keepdim=True)).reshape(-1)
+    std = centred.std() if centred.numel() > 1 else centred.new_tensor(0.0)
+    return _broadcast(centred / (std + x.eps), x.mask), None
+
+
+ADVANTAGES = {
+    "gae": _gae,
+    "grpo": _grpo,
+    "rloo": _rloo,
+    "reinforce_pp": _reinforce_pp,
+    "reinforce_baseline": _reinforce_baseline,
+}
+NEEDS_CRITIC = {"gae"}
+TOKEN_LEVEL = {"gae", "reinforce_pp"}  # read per-token rewards (KL penalty on every token)
+
+
+def compute_advantages(name: str, inputs: AdvantageInputs) -> tuple[Tensor, Tensor | None]:
+    if name not in ADVANTAGES:
+        raise ValueError(f"unknown advantage estimator '{name}'; use one of {sorted(ADVANTAGES)}")
+    return ADVANTAGES[name](inputs)

@@ -1,0 +1,196 @@
+"""The rollout engine: batched sampling from the policy for online RL.
+
+``Rollout`` = completions sampled for a batch of prompts (several per prompt), with the
+token ids, the log-prob of every sampled token under the *sampling* distribution
+(temperature / top-k / top-p applied), and whether each sample finished (EOS or a stop
+string) or was cut at ``max_new_tokens``.
+
+Backends implement :class:`RolloutBackend`. ``hf`` is a lean decode loop over the Hugging
+Face model itself: left-padded prompts, one prefill, then one token per step through the
+KV cache; rows that finished are dropped from the batch (their cache rows too), and the
+loop ends when every row hit EOS / a stop string. It shares the policy's weights, so there
+is nothing to synchronise after an update. A GPU engine (e.g. vLLM) plugs in by
+implementing ``generate`` and ``sync_weights``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    """0 = greedy."""
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 1
+    """Samples per prompt."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings: the sample ends at the token that completes one (the text is cut before it)."""
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list[list[int]]          # (P) prompts as token ids
+    completion_ids: list[list[int]]      # (P·n) sampled tokens, prompt-major; EOS included when hit
+    logprobs: list[list[float]]          # (P·n) log-prob of each sampled token (sampling distribution)
+    finished: list[bool]                 # EOS or stop string reached (False = cut at max_new_tokens)
+    texts: list[str]                     # decoded responses (special tokens and stop strings removed)
+    n: int
+    gen_seconds: float = 0.0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c) for c in self.completion_ids)
+
+
+class RolloutBackend:
+    """Interface: ``generate(prompt_ids, params) -> Rollout``; ``sync_weights(model)`` after
+    each policy update (a no-op when the backend runs the training module itself)."""
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Rollout:  # pragma: no cover
+        raise NotImplementedError
+
+    def sync_weights(self, model) -> None:
+        pass
+
+
+def sample_tokens(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """Draw one token per row; return ``(tokens (B,), log-probs (B,))`` under the sampling
+    distribution (after temperature, top-k and top-p). Greedy when temperature == 0 (the
+    log-prob is then that of the untempered softmax)."""
+    logits = logits.float()
+    if params.temperature <= 0:
+        tok = logits.argmax(-1)
+        return tok, torch.log_softmax(logits, -1).gather(1, tok[:, None]).squeeze(1)
+    logits = logits / params.temperature
+    V = logits.shape[-1]
+    if 0 < params.top_k < V:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.softmax(sorted_logits, -1).cumsum(-1)
+        drop_sorted = cum - torch.softmax(sorted_logits, -1) >= params.top_p  # mass before this token
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    logp = torch.log_softmax(logits, -1)
+    tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+    return tok, logp.gather(1, tok[:, None]).squeeze(1)
+
+
+class HFBackend(RolloutBackend):
+    """KV-cache decode loop on a Hugging Face causal LM (see the module docstring)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 64):
+        self.model, self.tok, self.batch_size = model, tokenizer, max(1, int(batch_size))
+        eos = tokenizer.eos_token_id
+        cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        ids = set([eos] if isinstance(eos, int) else list(eos or []))
+        ids |= set([cfg_eos] if isinstance(cfg_eos, int) else list(cfg_eos or []))
+        if not ids:
+            raise ConfigError("the tokenizer has no EOS token; set tokenizer.eos_token before sampling")
+        self.eos_ids = sorted(ids)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams,
+                 generator: torch.Generator | None = None) -> Rollout:
+        t0 = time.perf_counter()
+        if generator is None:  # drawn from the global RNG, so checkpointed RNG state replays it
+            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+        rows = [p for p in prompt_ids for _ in range(max(1, params.n))]
+        comps: list[list[int]] = []
+        logps: list[list[float]] = []
+        fins: list[bool] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for i in range(0, len(rows), self.batch_size):
+                c, lp, f = self._decode(rows[i:i + self.batch_size], params, generator)
+                comps += c
+                logps += lp
+                fins += f
+        finally:
+            self.model.train(was_training)
+        texts = [self._text(c, params.stop) for c in comps]
+        return Rollout([list(p) for p in prompt_ids], comps, logps, fins, texts, max(1, params.n),
+                       gen_seconds=time.perf_counter() - t0)
+
+    def _text(self, ids: list[int], stop: list[str]) -> str:
+        text = self.tok.decode(ids, skip_special_tokens=True)
+        cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+        return text[:cut] if cut >= 0 else text
+
+    def _decode(self, rows: list[list[int]], params: SamplingParams, generator):
+        model, device = self.model, next(self.model.parameters()).device
+        B = len(rows)
+        if any(len(r) == 0 for r in rows):
+            raise ConfigError("a prompt rendered to zero tokens; check the data's prompt field")
+        Lp = max(len(r) for r in rows)
+        ids = torch.full((B, Lp), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, Lp), dtype=torch.long)
+        for b, r in enumerate(rows):  # left padding
+            ids[b, Lp - len(r):] = torch.tensor(r)
+            attn[b, Lp - len(r):] = 1
+        ids, attn = ids.to(device), attn.to(device)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+        next_pos = pos[:, -1] + 1
+        live = torch.arange(B, device=device)       # original row of each batch row still decoding
+        comps = [[] for _ in range(B)]
+        logps = [[] for _ in range(B)]
+        finished = [False] * B
+        eos = torch.tensor(self.eos_ids, device=device)
+        stop = [s for s in params.stop if s]
+        tail = max((len(s) for s in stop), default=0) + 8
+        for step in range(params.max_new_tokens):
+            tok, lp = sample_tokens(logits, params, generator)
+            tok_l, lp_l, live_l = tok.tolist(), lp.tolist(), live.tolist()
+            done = torch.isin(tok, eos)
+            done_l = done.tolist()
+            for j, b in enumerate(live_l):
+                comps[b].append(tok_l[j])
+                logps[b].append(lp_l[j])
+                if not done_l[j] and stop:
+                    text = self.tok.decode(comps[b][-tail:], skip_special_tokens=True)
+                    done_l[j] = any(s in text for s in stop)
+                if done_l[j]:
+                    finished[b] = True
+            if step + 1 == params.max_new_tokens:
+                break
+            keep = torch.tensor([not d for d in done_l], device=device)
+            if not bool(keep.any()):
+                break
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+            if not bool(keep.all()):  # drop finished rows from the batch and the cache
+                sel = keep.nonzero().squeeze(1)
+                cache.batch_select_indices(sel)
+                tok, attn, next_pos, live = tok[sel], attn[sel], next_pos[sel], live[sel]
+            out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
+                        past_key_values=cache, use_cache=True)
+            cache, logits = out.past_key_values, out.logits[:, -1]
+            next_pos = next_pos + 1
+        return comps, logps, finished
+
+
+BACKENDS = {"hf": HFBackend}
+
+
+def make_backend(name: str, model, tokenizer, batch_size: int = 64) -> RolloutBackend:
+    if name == "vllm":
+        raise ConfigError("rollout.backend=vllm is not available in this build; use rollout.backend=hf "
+                          "(the interface for another engine is rlhfkit.rl.rollout.RolloutBackend)")
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown rollout.backend '{name}'; use one of {sorted(BACKENDS)}")
+    return BACKENDS[name](model, tokenizer, batch_size)

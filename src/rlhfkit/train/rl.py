@@ -1,0 +1,649 @@
+"""Online RL: one recipe for PPO, GRPO, RLOO and REINFORCE++ (``advantage:`` picks).
+
+    rlhfkit grpo --config configs/grpo_arithmetic.yaml
+    rlhfkit ppo  --config configs/ppo_arithmetic.yaml
+
+Every loop step: take ``train.batch_size`` prompts; sample ``rollout.num_generations``
+responses each from the current policy (KV-cache decode); score them with the configured
+rewards; compute the old log-probs (and reference log-probs / critic values) once, without
+gradients, on the very batches the updates will use; turn rewards into per-token
+advantages with the chosen estimator; then run ``num_iterations`` epochs over
+``num_minibatches`` minibatches, one optimizer update each (stopping the epochs early when
+the approximate KL to the rollout policy passes ``target_kl``).
+
+The G responses of a prompt are packed behind one copy of the prompt (the prompt is
+computed once for the whole group), with the same block-diagonal masks as the offline
+recipes.
+
+Where the KL to the reference goes (``kl_in``): in the *reward* for PPO (per token,
+−β·KL on every token before GAE), REINFORCE++ (per token) and RLOO (summed per sequence);
+in the *loss* (+β·KL per token, k3 by default) for GRPO and REINFORCE-baseline.
+
+PPO's critic is a separate model with a scalar value head (initialised from the first
+reward model when one is configured, as in InstructGPT, else from the policy's weights):
+separate weights keep the value regression from pulling on the policy's representation,
+and on one CPU the extra 135 M parameters cost ~0.5 GB + their optimizer state.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..config import DataConfig, ModelConfig, TrainConfig
+from ..data.collate import Batch, collate
+from ..data.pipeline import load_examples
+from ..data.tokenize import Example, Renderer, tokenize_records
+from ..errors import ConfigError
+from ..losses.kl import KL_ESTIMATORS, kl_estimate
+from ..losses.policy import LOSS_AGGREGATIONS, aggregate, clipped_surrogate, clipped_value_loss
+from ..losses.sft import sft_loss
+from ..models.forward import completion_logprobs, hidden_states, unwrap
+from ..models.loading import load_model, load_scalar_model
+from ..models.reference import Reference, choose_mode
+from ..rewards.base import RewardConfig, build_rewards, reward_config_from
+from ..rl.advantages import ADVANTAGES, NEEDS_CRITIC, AdvantageInputs, compute_advantages, masked_whiten
+from ..rl.kl_control import make_kl_controller
+from ..rl.rollout import SamplingParams, make_backend
+from .common import make_collate, save_model
+from .loop import Recipe, Trainer
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"
+    """hf (KV-cache decode loop on the training model; shares its weights)."""
+    num_generations: int = 8
+    """Samples per prompt (G)."""
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 = no top-k filtering."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings (comma-separated on the command line)."""
+    batch_size: int = 64
+    """Sequences decoded together."""
+
+
+@dataclass
+class CriticConfig:
+    name: str = ""
+    """Critic initialisation: a model dir/name; empty = the first reward model if any, else the policy's weights."""
+    lr: float = 0.0
+    """Critic learning rate (0 = train.lr)."""
+    freeze_layers: int = -1
+    """Frozen lower layers of the critic (-1 = same as model.freeze_layers)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    value_clip: float = 0.2
+    """ε_v of the clipped value loss (0 = unclipped)."""
+
+
+@dataclass
+class RLConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=1024, max_prompt_length=512))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        output_dir="runs/grpo", lr=1e-6, batch_size=4, warmup_ratio=0.0, lr_scheduler="constant",
+        max_steps=100, eval_batch_size=32))
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
+    """Reward sources, summed with their weights (YAML list; shorthand: arithmetic, gsm8k, format, model:PATH, fn:module:function)."""
+    task: str = ""
+    """'arithmetic' = generated 'What is a + b?' prompts instead of data.path."""
+    task_size: int = 2000
+    """Generated training problems (task=arithmetic)."""
+    task_eval_size: int = 64
+    """Generated held-out problems (task=arithmetic), disjoint from the training ones."""
+    advantage: str = "grpo"
+    """gae (PPO, critic) | grpo | rloo | reinforce_pp | reinforce_baseline."""
+    scale_rewards: bool = True
+    """grpo: divide by the group std (false = Dr.GRPO)."""
+    loss_agg: str = "grpo"
+    """grpo (sequence mean of token means) | dr_grpo (token sum / max_new_tokens) | dapo (token mean)."""
+    num_iterations: int = 1
+    """Epochs over each rollout (PPO epochs; GRPO's μ)."""
+    num_minibatches: int = 1
+    """Optimizer updates per epoch (prompts are split into this many minibatches)."""
+    micro_batch_size: int = 0
+    """Prompts per forward pass inside a minibatch (gradients accumulate; 0 = whole minibatch)."""
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    """Upper clip (0.28 = DAPO clip-higher)."""
+    kl_coef: float = 0.0
+    """β, KL strength (0 with reference=auto loads no reference)."""
+    kl_estimator: str = "k3"
+    """k1 | k2 | k3."""
+    kl_in: str = "auto"
+    """reward | loss | auto (reward for gae, reinforce_pp, rloo; loss for grpo, reinforce_baseline)."""
+    kl_target: float = 0.0
+    """> 0: adaptive KL controller aiming at this mean sequence KL."""
+    kl_horizon: int = 10000
+    target_kl: float = 0.0
+    """> 0: stop the epochs of a rollout once the approximate KL to the rollout policy exceeds it."""
+    filter_zero_std: bool = False
+    """Drop groups whose rewards are all equal (no signal) from the update."""
+    mask_truncated: bool = False
+    """Exclude responses cut at max_new_tokens from the loss."""
+    whiten_advantages: bool = True
+    """gae: normalise advantages over the batch."""
+    gamma: float = 1.0
+    lam: float = 0.95
+    entropy_coef: float = 0.0
+    """Entropy bonus weight."""
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    ptx_coef: float = 0.0
+    """PPO-ptx: weight of an SFT loss on ptx_path rows mixed into every update."""
+    ptx_path: str = ""
+    """SFT rows (prompt/completion or text) for PPO-ptx."""
+    ptx_batch_size: int = 4
+    reference: str = "auto"
+    """auto | model | adapters | none. With kl_coef 0, 'model'/'adapters' still load one to report KL."""
+    ref_model: str = ""
+    """Reference weights (empty = a frozen copy of the initial policy)."""
+    eval_samples: int = 4
+    """Sampled responses per held-out prompt at evaluation (0 = greedy only)."""
+
+
+@dataclass
+class PPOConfig(RLConfig):
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        output_dir="runs/ppo", lr=1e-6, batch_size=16, warmup_ratio=0.0, lr_scheduler="constant",
+        max_steps=100, eval_batch_size=32))
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(num_generations=1))
+    advantage: str = "gae"
+    loss_agg: str = "dapo"
+    num_iterations: int = 2
+    num_minibatches: int = 2
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"
+
+
+GRPOConfig = RLConfig
+
+
+# ---------------------------------------------------------------------------- batches
+@dataclass
+class RLBatch:
+    """A micro-batch of an update: the packed sequences plus per-target tensors."""
+
+    batch: Batch
+    old_logp: Tensor
+    advantages: Tensor
+    mask: Tensor
+    ref_logp: Tensor | None = None
+    old_values: Tensor | None = None
+    returns: Tensor | None = None
+    count: float = 0.0             # items in the loss-aggregation unit
+    update_tokens: float = 1.0     # masked tokens of the whole update (value-loss mean)
+    ptx: Batch | None = None
+
+    @property
+    def num_real_tokens(self) -> int:
+        return self.batch.num_real_tokens
+
+
+class PolicyWithCritic(nn.Module):
+    """The trained pair of PPO: the policy and a separate critic with a scalar head."""
+
+    def __init__(self, policy, critic):
+        super().__init__()
+        self.policy, self.critic = policy, critic
+
+
+def policy_of(model):
+    m = model.module if hasattr(model, "module") else model
+    return m.policy if isinstance(m, PolicyWithCritic) else model
+
+
+def critic_of(model):
+    m = model.module if hasattr(model, "module") else model
+    return m.critic if isinstance(m, PolicyWithCritic) else None
+
+
+def token_values(critic, batch: Batch) -> Tensor:
+    """V(s_t) for every completion target: the scalar head at the position that predicts it."""
+    h = hidden_states(critic, batch, causal_lm=False).index_select(0, batch.tgt_pos)
+    return unwrap(critic).score(h).squeeze(-1).float()
+
+
+def target_index(batch: Batch, prompt_of_example: list[int], group: int, width: int) -> Tensor:
+    """Flat index into a (N, width) padded layout for every target of ``batch``."""
+    seq = batch.tgt_seq.cpu()
+    counts = torch.bincount(seq, minlength=batch.num_sequences)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(seq.numel()) - starts[seq]
+    p = torch.tensor(prompt_of_example)[batch.seq_example.cpu()]
+    row = p * group + batch.seq_completion.cpu()                # (S,)
+    return row[seq] * width + pos
+
+
+def _kl_in(cfg: RLConfig) -> str:
+    if cfg.kl_in != "auto":
+        return cfg.kl_in
+    return "loss" if cfg.advantage in ("grpo", "reinforce_baseline") else "reward"
+
+
+def validate(cfg: RLConfig) -> None:
+    if cfg.advantage not in ADVANTAGES:
+        raise ConfigError(f"advantage must be one of {sorted(ADVANTAGES)}, got '{cfg.advantage}'")
+    if cfg.loss_agg not in LOSS_AGGREGATIONS:
+        raise ConfigError(f"loss_agg must be one of {LOSS_AGGREGATIONS}, got '{cfg.loss_agg}'")
+    if cfg.kl_estimator not in KL_ESTIMATORS:
+        raise ConfigError(f"kl_estimator must be one of {KL_ESTIMATORS}, got '{cfg.kl_estimator}'")
+    if cfg.kl_in not in ("auto", "reward", "loss"):
+        raise ConfigError(f"kl_in must be auto|reward|loss, got '{cfg.kl_in}'")
+    G = cfg.rollout.num_generations
+    if G < 1 or cfg.rollout.max_new_tokens < 1:
+        raise ConfigError("rollout.num_generations and rollout.max_new_tokens must be >= 1")
+    if cfg.advantage in ("grpo", "rloo", "reinforce_baseline") and G < 2:
+        raise ConfigError(f"advantage={cfg.advantage} compares the samples of a prompt: set "
+                          "rollout.num_generations >= 2")
+    if cfg.num_iterations < 1 or cfg.num_minibatches < 1:
+        raise ConfigError("num_iterations and num_minibatches must be >= 1")
+    prompts = cfg.train.batch_size * cfg.train.grad_accum
+    if cfg.num_minibatches > prompts:
+        raise ConfigError(f"num_minibatches ({cfg.num_minibatches}) exceeds the prompts per step "
+                          f"({prompts} = train.batch_size x train.grad_accum)")
+    if cfg.ptx_coef > 0 and not cfg.ptx_path:
+        raise ConfigError("ptx_coef > 0 needs ptx_path (SFT rows to mix in)")
+
+
+# ---------------------------------------------------------------------------- the recipe
+class OnlineRL:
+    """State and callbacks of one online-RL run (rollouts, rewards, advantages, losses)."""
+
+    def __init__(self, cfg: RLConfig, model, tokenizer, log=print, ref_model=None, critic=None):
+        self.cfg, self.tok, self.log = cfg, tokenizer, log
+        self.G = cfg.rollout.num_generations
+        self.chunk = cfg.train.logprob_chunk
+        self.kl_where = _kl_in(cfg)
+        self.policy = model
+        self.critic = critic
+        self.rewards = build_rewards(cfg.rewards)
+        wants_ref = cfg.kl_coef > 0 or cfg.kl_target > 0
+        mode = cfg.reference
+        if mode == "auto" and not wants_ref:
+            mode = "none"
+        self.ref = None
+        if mode != "none":
+            mode = choose_mode(mode, needs_reference=True, lora=cfg.model.lora.r > 0, needs_live=True)
+            if mode == "model" and ref_model is None:
+                ref_model = load_model(cfg.ref_model)[0] if cfg.ref_model else copy.deepcopy(unwrap(model))
+            self.ref = Reference(mode, policy=model, model=ref_model, chunk=self.chunk)
+        elif wants_ref:
+            raise ConfigError("kl_coef > 0 needs a reference; use reference=auto|model|adapters")
+        self.kl_ctl = make_kl_controller(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        self.sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens,
+                                       temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                       top_k=cfg.rollout.top_k, n=self.G, stop=list(cfg.rollout.stop))
+        self.backend = make_backend(cfg.rollout.backend, model, tokenizer, cfg.rollout.batch_size)
+        self.pad_id = tokenizer.pad_token_id
+        self.ptx: list[Example] = []
+        self.ptx_pos = 0
+        self.last: dict = {}
+        self.state: dict = {}  # saved with every checkpoint
+
+    # ----------------------------------------------------------------- rollout + scoring
+    def _prompt(self, ex: Example):
+        return ex.extra.get("prompt")
+
+    def _extras(self, ex: Example) -> dict:
+        return {k: v for k, v in ex.extra.items() if k != "prompt"}
+
+    def score(self, exs: list[Example], texts: list[str], n: int):
+        prompts = [self._prompt(ex) for ex in exs for _ in range(n)]
+        extras = [self._extras(ex) for ex in exs for _ in range(n)]
+        res = self.rewards.score(prompts, texts, extras)
+        for msg in res.errors[:3]:
+            self.log(f"[rl] {msg}")
+        if len(res.errors) > 3:
+            self.log(f"[rl] ... {len(res.errors) - 3} more reward errors in this batch")
+        return res
+
+    def plan(self, model, micro_batches: list, step: int):
+        cfg = self.cfg
+        exs = [ex for mb in micro_batches for ex in mb]
+        policy, critic = policy_of(model), critic_of(model)
+        if "kl_ctl" in self.state:  # the controller's value as checkpointed (resume-safe)
+            self.kl_ctl.load_state_dict(self.state["kl_ctl"])
+        t0 = time.perf_counter()
+        ro = self.backend.generate([ex.prompt for ex in exs], self.sampling)
+        t_gen = time.perf_counter() - t0
+        res = self.score(exs, ro.texts, self.G)
+        scores = torch.tensor(res.total, dtype=torch.float32)
+        P, G = len(exs), self.G
+        N = P * G
+        lengths = torch.tensor([len(c) for c in ro.completion_ids], dtype=torch.float32)
+        finished = torch.tensor(ro.finished, dtype=torch.bool)
+        m = {"rollout/reward": float(scores.mean()), "rollout/reward_std": float(scores.std()) if N > 1 else 0.0,
+             "rollout/length_mean": float(lengths.mean()), "rollout/length_max": float(lengths.max()),
+             "rollout/truncated_frac": float((~finished).float().mean()),
+             "rollout/gen_tokens_per_s": float(lengths.sum()) / max(t_gen, 1e-9),
+             "rollout/gen_seconds": t_gen, "rollout/reward_errors": float(len(res.errors))}
+        for name, vals in res.per_source.items():
+            v = torch.tensor(vals, dtype=torch.float32)
+            ok = ~torch.isnan(v)
+            m[f"rollout/reward/{name}"] = float(v[ok].mean()) if ok.any() else float("nan")
+        grouped = scores.view(P, G)
+        zero_std = (grouped.max(1).values == grouped.min(1).values) if G > 1 else torch.zeros(P, dtype=torch.bool)
+        m["rollout/zero_std_frac"] = float(zero_std.float().mean())
+
+        # layout: one example per prompt, its G completions behind one copy of the prompt
+        T = int(lengths.max())
+        mask = torch.zeros(N, T)
+        for n, c in enumerate(ro.completion_ids):
+            mask[n, :len(c)] = 1.0
+        if cfg.mask_truncated:
+            mask[~finished] = 0.0
+        keep = [p for p in range(P) if not (cfg.filter_zero_std and bool(zero_std[p]))]
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+        order = [keep[i] for i in torch.randperm(len(keep), generator=gen).tolist()]
+        mbs = [order[i::cfg.num_minibatches] for i in range(cfg.num_minibatches)]
+        mbs = [sorted(mb) for mb in mbs if mb]
+        micro = cfg.micro_batch_size or max(1, P)
+        plans: list[list[tuple[Batch, list[int]]]] = []
+        for mb in mbs:
+            parts = []
+            for i in range(0, len(mb), micro):
+                ps = mb[i:i + micro]
+                batch_exs = [Example(exs[p].row, exs[p].prompt, ro.completion_ids[p * G:(p + 1) * G])
+                             for p in ps]
+                b = collate(batch_exs, pad_id=self.pad_id, pack_length=cfg.train.pack_length,
+                            share_prompt=True, pack=cfg.train.packing)
+                dev = next(policy.parameters()).device
+                parts.append((b.to(dev), ps))
+            plans.append(parts)
+
+        # no-grad passes on the exact batches the updates use
+        flat_old = torch.zeros(N * T)
+        flat_ref = torch.zeros(N * T) if self.ref is not None else None
+        flat_val = torch.zeros(N * T) if critic is not None else None
+        with torch.no_grad():
+            for parts in plans:
+                for b, ps in parts:
+                    idx = target_index(b, ps, G, T)
+                    flat_old[idx] = completion_logprobs(policy, b, chunk=self.chunk).token_logps.float().cpu()
+                    if flat_ref is not None:
+                        flat_ref[idx] = self.ref.logprobs(b).token_logps.float().cpu()
+                    if flat_val is not None:
+                        flat_val[idx] = token_values(critic, b).cpu()
+        old = flat_old.view(N, T)
+        # sequences of dropped (zero-std) groups have no old log-probs: leave them out of the stats
+        used = torch.zeros(N, dtype=torch.bool)
+        for p in keep:
+            used[p * G:(p + 1) * G] = True
+        umask = mask * used[:, None]
+        samp = torch.zeros(N, T)
+        for n, lp in enumerate(ro.logprobs):
+            samp[n, :len(lp)] = torch.tensor(lp)
+        if cfg.rollout.temperature == 1.0 and cfg.rollout.top_p >= 1.0 and cfg.rollout.top_k == 0:
+            m["rollout/sampler_logp_diff"] = float(((samp - old).abs() * umask).sum() / umask.sum().clamp(min=1))
+
+        # rewards with the KL penalty, advantages
+        beta = self.kl_ctl.value
+        token_rewards = torch.zeros(N, T)
+        seq_scores = scores.clone()
+        if flat_ref is not None:
+            ref = flat_ref.view(N, T)
+            kl_tok = kl_estimate(old, ref, cfg.kl_estimator) * mask
+            k1_seq = ((old - ref) * mask).sum(1)
+            m["rollout/kl"] = float(k1_seq[used].mean()) if used.any() else 0.0
+            m["rollout/kl_k3"] = float((kl_estimate(old, ref, "k3") * mask).sum(1)[used].mean()) if used.any() else 0.0
+            if self.kl_where == "reward" and beta > 0:
+                token_rewards -= beta * kl_tok
+                seq_scores = seq_scores - beta * kl_tok.sum(1)
+        last = (mask.sum(1).long() - 1).clamp(min=0)
+        token_rewards[torch.arange(N), last] += scores * (mask.sum(1) > 0)
+        values = flat_val.view(N, T) if flat_val is not None else None
+        adv, returns = compute_advantages(cfg.advantage, AdvantageInputs(
+            mask=mask, scores=seq_scores, group_size=G, token_rewards=token_rewards, values=values,
+            gamma=cfg.gamma, lam=cfg.lam, scale=cfg.scale_rewards))
+        if cfg.advantage == "gae" and cfg.whiten_advantages:
+            adv = masked_whiten(adv, umask)
+        if values is not None:
+            var_r = masked_var(returns, umask)
+            m["ppo/explained_variance"] = float(1 - masked_var(returns - values, umask) / var_r) if var_r > 0 else 0.0
+            m["ppo/value_mean"] = float((values * umask).sum() / umask.sum().clamp(min=1))
+        m["rollout/kl_coef"] = beta
+        if flat_ref is not None and "rollout/kl" in m:
+            self.kl_ctl.update(m["rollout/kl"], int(used.sum()))
+
+        flat_adv = adv.reshape(-1)
+        flat_ret = returns.reshape(-1) if returns is not None else None
+        flat_mask = mask.reshape(-1)
+        updates: list[list[RLBatch]] = []
+        for parts in plans:
+            rbs = []
+            for b, ps in parts:
+                idx = target_index(b, ps, G, T)
+                rb = RLBatch(b, flat_old[idx].to(b.tgt_ids.device), flat_adv[idx].to(b.tgt_ids.device),
+                             flat_mask[idx].to(b.tgt_ids.device),
+                             ref_logp=flat_ref[idx].to(b.tgt_ids.device) if flat_ref is not None else None,
+                             old_values=flat_val[idx].to(b.tgt_ids.device) if flat_val is not None else None,
+                             returns=flat_ret[idx].to(b.tgt_ids.device) if flat_ret is not None else None)
+                rb.count = self._count(rb)
+                rbs.append(rb)
+            tokens = sum(float(rb.mask.sum()) for rb in rbs)
+            for rb in rbs:
+                rb.update_tokens = max(tokens, 1.0)
+            if self.ptx_dataset():
+                rbs[0].ptx = self.next_ptx(next(policy.parameters()).device)
+            if sum(rb.count for rb in rbs) > 0:
+                updates.append(rbs)
+        m["rollout/skipped_all"] = float(not updates)
+        self.last = {}
+
+        def run():
+            m["train/early_stopped"] = 0.0
+            for epoch in range(cfg.num_iterations):
+                for u in torch.randperm(len(updates), generator=gen).tolist():
+                    yield updates[u]
+                    if cfg.target_kl > 0 and self.last.get("approx_kl", 0.0) > cfg.target_kl:
+                        m["train/early_stopped"] = 1.0  # approx-KL passed target_kl: no more epochs
+                        return
+
+        m["train/train_tokens"] = float(sum(rb.num_real_tokens for u in updates for rb in u))
+        return run(), m
+
+    def _count(self, rb: RLBatch) -> float:
+        S = rb.batch.num_sequences
+        if self.cfg.loss_agg == "dapo":
+            return float(rb.mask.sum())
+        n = rb.mask.new_zeros(S).index_add(0, rb.batch.tgt_seq, rb.mask)
+        return float((n > 0).sum())
+
+    # ----------------------------------------------------------------- PPO-ptx data
+    def ptx_dataset(self) -> bool:
+        return self.cfg.ptx_coef > 0 and bool(self.ptx)
+
+    def next_ptx(self, device) -> Batch:
+        n = self.cfg.ptx_batch_size
+        exs = [self.ptx[(self.ptx_pos + i) % len(self.ptx)] for i in range(n)]
+        self.ptx_pos = (self.ptx_pos + n) % len(self.ptx)
+        return collate(exs, pad_id=self.pad_id, pack_length=self.cfg.train.pack_length,
+                       share_prompt=False, pack=self.cfg.train.packing).to(device)
+
+    # ----------------------------------------------------------------- the loss
+    def step(self, model, rb: RLBatch):
+        cfg = self.cfg
+        policy, critic = policy_of(model), critic_of(model)
+        b = rb.batch
+        out = completion_logprobs(policy, b, chunk=self.chunk, entropy=True)
+        logp = out.token_logps
+        pg, ratio, clipped = clipped_surrogate(logp, rb.old_logp, rb.advantages,
+                                               eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high)
+        tok_loss = pg
+        mask = rb.mask
+        nt = mask.sum().clamp(min=1)
+        metrics = {}
+        if rb.ref_logp is not None:
+            kl = kl_estimate(logp, rb.ref_logp, cfg.kl_estimator)
+            if self.kl_where == "loss" and self.kl_ctl.value > 0:
+                tok_loss = tok_loss + self.kl_ctl.value * kl
+            metrics["kl_token"] = float((kl.detach() * mask).sum() / nt)
+        if cfg.entropy_coef:
+            tok_loss = tok_loss - cfg.entropy_coef * out.entropy
+        loss_sum, _ = aggregate(tok_loss, mask, b.tgt_seq, b.num_sequences, cfg.loss_agg,
+                                cfg.rollout.max_new_tokens)
+        log_ratio = (logp.detach() - rb.old_logp)
+        approx_kl = float((((ratio - 1) - log_ratio) * mask).sum() / nt)
+        metrics.update({"policy_loss": float((pg.detach() * mask).sum() / nt),
+                        "clip_frac": float((clipped.float() * mask).sum() / nt),
+                        "approx_kl": approx_kl, "ratio_mean": float((ratio * mask).sum() / nt),
+                        "entropy": float((out.entropy.detach() * mask).sum() / nt)})
+        self.last["approx_kl"] = approx_kl
+        extra = None
+        if critic is not None:
+            v = token_values(critic, b)
+            vl, vclipped = clipped_value_loss(v, rb.old_values, rb.returns, cfg.critic.value_clip)
+            extra = cfg.critic.vf_coef * (vl * mask).sum() / rb.update_tokens
+            metrics["value_loss"] = float((vl.detach() * mask).sum() / nt)
+            metrics["value_clip_frac"] = float((vclipped.float() * mask).sum() / nt)
+        if rb.ptx is not None:
+            po = completion_logprobs(policy, rb.ptx, chunk=self.chunk)
+            nll, pm = sft_loss(po.token_logps, rb.ptx.tgt_mask)
+            ptx = cfg.ptx_coef * nll.sum() / rb.ptx.tgt_mask.sum().clamp(min=1)
+            extra = ptx if extra is None else extra + ptx
+            metrics["ptx_nll"] = pm["nll"]
+        return loss_sum, metrics, extra
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, model, evals: list[Example]) -> dict:
+        policy = policy_of(model)
+        res: dict = {}
+        greedy = dataclasses.replace(self.sampling, temperature=0.0, n=1)
+        ro = self.backend.generate([ex.prompt for ex in evals], greedy)
+        sc = self.score(evals, ro.texts, 1)
+        res["greedy/reward"] = sum(sc.total) / len(sc.total)
+        for name, vals in sc.per_source.items():
+            res[f"greedy/{name}"] = _nanmean(vals)
+        res["greedy/length"] = sum(len(c) for c in ro.completion_ids) / len(ro.completion_ids)
+        k = self.cfg.eval_samples
+        if k > 0:
+            sp = dataclasses.replace(self.sampling, n=k)
+            ro = self.backend.generate([ex.prompt for ex in evals], sp)
+            sc = self.score(evals, ro.texts, k)
+            res["sampled/reward"] = sum(sc.total) / len(sc.total)
+            for name, vals in sc.per_source.items():
+                res[f"sampled/{name}"] = _nanmean(vals)
+            res["sampled/length"] = sum(len(c) for c in ro.completion_ids) / len(ro.completion_ids)
+            res["sampled/truncated_frac"] = sum(not f for f in ro.finished) / len(ro.finished)
+            if self.ref is not None:  # KL(π‖π_ref) per sequence, from the policy's own samples
+                total, n = 0.0, 0
+                for i in range(0, len(evals), self.cfg.train.eval_batch_size):
+                    sub = evals[i:i + self.cfg.train.eval_batch_size]
+                    exs = [Example(ex.row, ex.prompt, ro.completion_ids[(i + j) * k:(i + j + 1) * k])
+                           for j, ex in enumerate(sub)]
+                    b = collate(exs, pad_id=self.pad_id, pack_length=self.cfg.train.pack_length).to(
+                        next(policy.parameters()).device)
+                    lp = completion_logprobs(policy, b, chunk=self.chunk).seq_logps
+                    rp = self.ref.logprobs(b).seq_logps
+                    total += float((lp - rp).sum())
+                    n += b.num_sequences
+                res["sampled/kl"] = total / max(n, 1)
+        return res
+
+
+def masked_var(x: Tensor, mask: Tensor) -> float:
+    n = mask.sum().clamp(min=1)
+    mean = (x * mask).sum() / n
+    return float((((x - mean) ** 2) * mask).sum() / n)
+
+
+def _nanmean(vals: list[float]) -> float:
+    ok = [v for v in vals if not math.isnan(v)]
+    return sum(ok) / len(ok) if ok else float("nan")
+
+
+def _disable_dropout(model) -> None:
+    """On-policy samples must have importance ratio exactly 1: no dropout in RL."""
+    for mod in model.modules():
+        if isinstance(mod, nn.Dropout):
+            mod.p = 0.0
+    cfg = getattr(unwrap(model), "config", None)
+    if cfg is not None and hasattr(cfg, "attention_dropout"):
+        cfg.attention_dropout = 0.0
+
+
+def load_prompts(cfg: RLConfig, tokenizer, log=print) -> tuple[list[Example], list[Example]]:
+    """Prompt examples (``extra`` holds the prompt and every other field, e.g. ``answer``)."""
+    if cfg.task:
+        if cfg.task != "arithmetic":
+            raise ConfigError(f"unknown task '{cfg.task}'; the built-in task is 'arithmetic'")
+        from ..tasks.arithmetic import make_problems
+
+        probs = make_problems(cfg.task_size + cfg.task_eval_size, seed=cfg.train.seed)
+        recs = [{"kind": "prompt_only", "row": i, "prompt": p["prompt"], "answer": p["answer"]}
+                for i, p in enumerate(probs)]
+        train = tokenize_records(recs[:cfg.task_size], tokenizer, cfg.data, source="task:arithmetic", log=log)
+        evals = tokenize_records(recs[cfg.task_size:], tokenizer, cfg.data, source="task:arithmetic (eval)",
+                                 log=log) if cfg.task_eval_size else []
+        return train, evals
+    return load_examples(cfg.data, tokenizer, ("prompt_only",), log)
+
+
+def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) -> Trainer:
+    validate(cfg)
+    cfg.rewards = [reward_config_from(r) for r in cfg.rewards]
+    if model is None:
+        model, tokenizer = load_model(cfg.model)
+    _disable_dropout(model)
+    train, evals = load_prompts(cfg, tokenizer, log)
+    critic = None
+    if cfg.advantage in NEEDS_CRITIC:
+        name = cfg.critic.name or next((r.path.split(",")[0] for r in cfg.rewards if r.type == "model"), "")
+        ccfg = dataclasses.replace(cfg.model, name=name or cfg.model.name,
+                                   freeze_layers=cfg.model.freeze_layers if cfg.critic.freeze_layers < 0
+                                   else cfg.critic.freeze_layers)
+        critic = load_scalar_model(ccfg)[0]
+        if not name:  # start from the policy's current weights (e.g. a model passed in memory)
+            critic.load_state_dict({k: v for k, v in unwrap(model).state_dict().items()
+                                    if not k.startswith("lm_head")}, strict=False)
+        _disable_dropout(critic)
+        log(f"[rl] critic initialised from {name or 'the policy'}")
+    rl = OnlineRL(cfg, model, tokenizer, log, ref_model=ref_model, critic=critic)
+    if cfg.ptx_coef > 0:
+        pcfg = dataclasses.replace(cfg.data, path=cfg.ptx_path, rows="", eval_path="", eval_rows="")
+        rl.ptx = load_examples(pcfg, tokenizer, ("prompt_completion", "language_modeling"), log)[0]
+    trained = PolicyWithCritic(model, critic) if critic is not None else model
+    log(f"[rl] advantage={cfg.advantage} loss_agg={cfg.loss_agg} G={rl.G} kl_coef={cfg.kl_coef} "
+        f"(kl in {rl.kl_where}) reference={rl.ref.mode if rl.ref else 'none'} "
+        f"prompts={len(train)} eval_prompts={len(evals)}")
+
+    def param_groups(m):
+        if critic is None:
+            return [p for p in m.parameters() if p.requires_grad]
+        return [{"params": [p for p in model.parameters() if p.requires_grad]},
+                {"params": [p for p in critic.parameters() if p.requires_grad],
+                 "lr": cfg.critic.lr or cfg.train.lr}]
+
+    def save(m, path):
+        save_model(policy_of(m), tokenizer, path, cfg.model.lora, cfg)
+        c = critic_of(m)
+        if c is not None:
+            save_model(c, tokenizer, os.path.join(os.path.dirname(path), "critic"), cfg.model.lora)
+
+    def on_step_end(step, rec):
+        rl.state["kl_ctl"] = rl.kl_ctl.state_dict()
+
+    recipe = Recipe(
+        model=trained, examples=train, collate=lambda exs: exs, name=cfg.advantage,
+        step=rl.step, count=lambda rb: rb.count, plan=rl.plan,
+        evaluate=(lambda m: rl.evaluate(m, evals)) if evals else None,
+        save=save, state=rl.state, param_groups=param_groups, on_step_end=on_step_end)
+    return Trainer(cfg.train, recipe, log)
+
+
+def run(cfg: RLConfig, log=print, **kw) -> dict:
+    torch.manual_seed(cfg.train.seed)
+    return build(cfg, log, **kw).train()

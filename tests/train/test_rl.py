@@ -1,0 +1,141 @@
+"""Online RL end to end on a tiny random model: every estimator runs, on-policy ratios are
+exactly 1, PPO-ptx / early stop / filtering work, bad settings fail clearly."""
+
+import json
+
+import pytest
+import torch
+
+from rlhfkit.config import ModelConfig, TrainConfig, build_config
+from rlhfkit.errors import ConfigError
+from rlhfkit.models.forward import completion_logprobs
+from rlhfkit.tasks.arithmetic import make_problems, sft_rows
+from rlhfkit.train import rl
+from conftest import write_jsonl
+
+
+def quiet(*a):
+    pass
+
+
+def cfg_for(tiny_dir, out, advantage="grpo", G=2, steps=2, **kw):
+    cls = rl.PPOConfig if advantage == "gae" else rl.RLConfig
+    cfg = cls(model=ModelConfig(name=tiny_dir), task="arithmetic", task_size=8, task_eval_size=4,
+              advantage=advantage, rewards=["arithmetic", "format*0.5"],
+              train=TrainConfig(output_dir=str(out), max_steps=steps, batch_size=4, lr=1e-4,
+                                progress=False, tensorboard=False, eval_batch_size=4))
+    cfg.rollout.num_generations = G
+    cfg.rollout.max_new_tokens = 6
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def metrics(out):
+    with open(out / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("advantage,G,extra", [
+    ("grpo", 2, {}), ("grpo", 2, {"loss_agg": "dr_grpo", "scale_rewards": False}),
+    ("grpo", 2, {"loss_agg": "dapo", "clip_eps_high": 0.28}), ("rloo", 2, {}),
+    ("reinforce_pp", 1, {}), ("reinforce_baseline", 2, {}), ("gae", 1, {})])
+def test_every_estimator_runs_and_logs(tiny_dir, tmp_path, advantage, G, extra):
+    cfg = cfg_for(tiny_dir, tmp_path, advantage, G, kl_coef=0.05, **extra)
+    res = rl.run(cfg, log=quiet)
+    recs = [r for r in metrics(tmp_path) if "train/loss" in r]
+    assert len(recs) == 2
+    for key in ("rollout/reward", "rollout/kl", "train/entropy", "train/clip_frac", "train/approx_kl",
+                "rollout/length_mean", "rollout/truncated_frac", "rollout/gen_tokens_per_s",
+                "rollout/reward/arithmetic", "rollout/reward/format", "rollout/zero_std_frac"):
+        assert key in recs[0], key
+    if advantage == "gae":
+        assert "ppo/explained_variance" in recs[0] and "train/value_loss" in recs[0]
+        assert (tmp_path / "critic" / "config.json").exists()
+    assert "eval/sampled/arithmetic" in res["final"] and "eval/sampled/kl" in res["final"]
+    assert (tmp_path / "final" / "config.json").exists()
+
+
+def test_on_policy_ratio_is_exactly_one(tiny_dir, tmp_path):
+    """One epoch, one minibatch, a rollout from the current policy: ρ == 1 exactly, no clipping."""
+    for advantage, G in (("gae", 2), ("grpo", 4)):
+        cfg = cfg_for(tiny_dir, tmp_path / advantage, advantage, G, num_iterations=1, num_minibatches=1,
+                      kl_coef=0.05)
+        trainer = rl.build(cfg, log=quiet)
+        torch.manual_seed(0)
+        updates, m = trainer.recipe.plan(trainer.model, [trainer.recipe.examples[:4]], 0)
+        updates = list(updates)
+        assert len(updates) == 1 and len(updates[0]) == 1
+        rb = updates[0][0]
+        policy = rl.policy_of(trainer.model)
+        new = completion_logprobs(policy, rb.batch).token_logps
+        ratio = torch.exp(new.detach() - rb.old_logp)
+        assert torch.equal(ratio, torch.ones_like(ratio))
+        loss, met, extra = trainer.recipe.step(trainer.model, rb)
+        assert met["clip_frac"] == 0.0 and met["ratio_mean"] == 1.0 and met["approx_kl"] == 0.0
+        assert torch.isfinite(loss)
+
+
+def test_grpo_no_reference_when_beta_zero(tiny_dir, tmp_path):
+    trainer = rl.build(cfg_for(tiny_dir, tmp_path, kl_coef=0.0), log=quiet)
+    assert trainer.recipe.plan.__self__.ref is None
+
+
+def test_zero_std_groups_are_filtered(tiny_dir, tmp_path):
+    # the random model never answers right: every group has equal rewards -> nothing to train on
+    cfg = cfg_for(tiny_dir, tmp_path, rewards=["arithmetic"], filter_zero_std=True)
+    rl.run(cfg, log=quiet)
+    recs = [r for r in metrics(tmp_path) if "rollout/reward" in r]
+    assert all(r["rollout/zero_std_frac"] == 1.0 and r["rollout/skipped_all"] == 1.0 for r in recs)
+    assert all(r["train/updates"] == 0.0 for r in recs)
+
+
+def test_ptx_and_target_kl_early_stop(tiny_dir, tmp_path):
+    ptx = write_jsonl(tmp_path / "ptx.jsonl", sft_rows(make_problems(6, seed=5)))
+    cfg = cfg_for(tiny_dir, tmp_path / "run", "gae", 1, ptx_coef=0.5, ptx_path=ptx, num_iterations=4,
+                  num_minibatches=2, target_kl=1e-12, kl_coef=0.05)
+    cfg.train.lr = 1e-2  # big steps: the approximate KL passes the (tiny) target after one update
+    rl.run(cfg, log=quiet)
+    recs = [r for r in metrics(tmp_path / "run") if "train/loss" in r]
+    assert all("train/ptx_nll" in r for r in recs)
+    assert any(r["train/early_stopped"] == 1.0 and r["train/updates"] < 8 for r in recs)
+
+
+def test_adaptive_kl_controller_follows_the_measured_kl(tiny_dir, tmp_path):
+    cfg = cfg_for(tiny_dir, tmp_path, "rloo", 2, kl_coef=0.1, kl_target=0.05, kl_horizon=10, steps=4)
+    cfg.train.lr = 1e-2
+    rl.run(cfg, log=quiet)
+    recs = [r for r in metrics(tmp_path) if "rollout/kl_coef" in r]
+    n = 4 * 2  # sequences per rollout
+    for a, b in zip(recs, recs[1:]):  # β used at step k+1 = update of β_k with step k's KL
+        err = min(max(a["rollout/kl"] / 0.05 - 1, -0.2), 0.2)
+        assert b["rollout/kl_coef"] == pytest.approx(a["rollout/kl_coef"] * (1 + err * n / 10), rel=1e-5)
+    assert recs[0]["rollout/kl_coef"] == pytest.approx(0.1)
+    assert len({round(r["rollout/kl_coef"], 8) for r in recs}) > 1
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"advantage": "ppo2"}, "advantage must be one of"),
+    ({"loss_agg": "mean"}, "loss_agg must be one of"),
+    ({"kl_estimator": "k4"}, "kl_estimator"),
+    ({"advantage": "rloo", "G": 1}, "num_generations >= 2"),
+    ({"num_minibatches": 9}, "exceeds the prompts per step"),
+    ({"ptx_coef": 0.1}, "ptx_path"),
+    ({"task": "chess"}, "unknown task"),
+    ({"rewards": ["nonsense"]}, "reward"),
+])
+def test_bad_settings_fail_clearly(tiny_dir, tmp_path, kw, match):
+    G = kw.pop("G", 2)
+    cfg = cfg_for(tiny_dir, tmp_path, kw.pop("advantage", "grpo"), G, **kw)
+    with pytest.raises(ConfigError, match=match):
+        rl.run(cfg, log=quiet)
+
+
+def test_yaml_rewards_list_of_mappings(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("rewards:\n  - {type: verifier, verifier: gsm8k, weight: 2.0}\n  - format\n")
+    cfg = build_config(rl.RLConfig, str(p))
+    assert cfg.rewards[0].verifier == "gsm8k" and cfg.rewards[0].weight == 2.0
+    assert cfg.rewards[1] == "format"
+    cfg = build_config(rl.RLConfig, None, [("rewards", "arithmetic,model:a;b*0.5")])
+    assert cfg.rewards == ["arithmetic", "model:a;b*0.5"]
