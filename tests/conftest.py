@@ -5,7 +5,7 @@ import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(int(os.environ.get("RLHFKIT_TEST_THREADS", min(2, torch.get_num_threads()))))
 
 # The project's shared data sits beside the repository (../shared/data).
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--output_dir", default="runs/quickstart")
     q.add_argument("--threads", type=int, default=0)
     q.add_argument("--fast", action="store_true", help="fewer rows and steps (a smoke run)")
+    pl = sub.add_parser("plot", help="PNG curves (reward, KL, length, loss, accuracy) from a run's metrics")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", default="", help="output folder (default RUN_DIR/plots)")
     args, rest = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
@@ -90,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"unrecognized arguments: {' '.join(rest)}")
             from .quickstart import run_quickstart
             run_quickstart(args.output_dir, threads=args.threads, fast=args.fast)
+            return 0
+        if args.command == "plot":
+            if rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            from .plot import plot_run
+            plot_run(args.run_dir, args.out)
             return 0
         mod_name, cls_name, doc = COMMANDS[args.command]
         module = importlib.import_module(mod_name)

@@ -3,7 +3,10 @@
 Offline and CPU-only: the data is generated here (arithmetic problems), the model is the
 embedded SmolLM2-135M-Instruct. Stages: SFT on worked answers; DPO from the SFT model
 on pairs where the correct answer is preferred over a wrong one; a reward model on the
-same kind of pairs (initialised from the SFT model, as in InstructGPT). Prints a before/after table and writes everything under the
+same kind of pairs (initialised from the SFT model, as in InstructGPT); PPO from the SFT
+model with that reward model as the reward (critic initialised from it, frozen SFT model as
+the KL reference), the verifier's exact match logged beside it as a gold reward (weight 0)
+so reward-model gaming shows. Prints a before/after table and writes everything under the
 output dir.
 """
 
@@ -19,7 +22,7 @@ from .config import DataConfig, ModelConfig, TrainConfig
 from .models.generate import generate_text
 from .models.loading import load_model, load_scalar_model
 from .tasks.arithmetic import is_correct, make_problems, preference_rows, sft_rows
-from .train import dpo, reward, sft
+from .train import dpo, reward, rl, sft
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> str:
@@ -49,6 +52,11 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
         "sft_eval": _write_jsonl(f"{d}/sft_eval.jsonl", sft_rows(eval_p)),
         "rm": _write_jsonl(f"{d}/pairs_train.jsonl", preference_rows(rm_p, seed=1)),
         "rm_eval": _write_jsonl(f"{d}/pairs_eval.jsonl", preference_rows(rm_eval_p, seed=2)),
+        # RL prompts (+ the answer the verifier checks): the RM's training problems; held-out = SFT's
+        "prompts": _write_jsonl(f"{d}/prompts_train.jsonl", [{"prompt": p["prompt"], "answer": p["answer"]}
+                                                           for p in rm_p]),
+        "prompts_eval": _write_jsonl(f"{d}/prompts_eval.jsonl", [{"prompt": p["prompt"], "answer": p["answer"]}
+                                                                for p in eval_p]),
     }
     log(f"[quickstart] loading the embedded model (first run dequantizes and caches it)")
     model, tok = load_model("smollm2-135m")
@@ -92,6 +100,28 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
              ("reward model", "held-out margin r_w - r_l", res["initial"]["eval/margin"],
               res["final"]["eval/margin"])]
 
+    del rm_model
+
+    # Stage 4: PPO with the reward model (the three-stage RLHF pipeline) ------------------
+    ppo_cfg = rl.PPOConfig(
+        model=ModelConfig(name=f"{out}/sft/final"),
+        data=DataConfig(path=paths["prompts"], eval_path=paths["prompts_eval"], max_length=256),
+        rewards=[f"model:{out}/rm/final", "arithmetic*0"],
+        train=TrainConfig(output_dir=f"{out}/ppo", max_steps=4 if fast else 12, batch_size=8, lr=5e-6,
+                          lr_scheduler="constant", warmup_ratio=0.0, eval_batch_size=16),
+        kl_coef=0.05, num_iterations=2, num_minibatches=2, eval_samples=2)
+    ppo_cfg.rollout.num_generations = 2
+    ppo_cfg.rollout.max_new_tokens = 32
+    res = rl.run(ppo_cfg, log=log)
+    rows += [("ppo", "held-out reward-model score (sampled)", res["initial"]["eval/sampled/rm"],
+              res["final"]["eval/sampled/rm"]),
+             ("ppo", "held-out exact match (greedy)", res["initial"]["eval/greedy/arithmetic"],
+              res["final"]["eval/greedy/arithmetic"]),
+             ("ppo", "held-out exact match (sampled)", res["initial"]["eval/sampled/arithmetic"],
+              res["final"]["eval/sampled/arithmetic"]),
+             ("ppo", "KL to the SFT model (sampled, nats/response)", res["initial"]["eval/sampled/kl"],
+              res["final"]["eval/sampled/kl"])]
+
     wall = time.time() - t0
     table = ["| stage | metric | before | after |", "|---|---|---|---|"]
     table += [f"| {s} | {m} | {b:.3f} | {a:.3f} |" for s, m, b, a in rows]
@@ -100,6 +130,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     log("\n" + "\n".join(table))
-    log(f"\n[quickstart] done in {wall:.0f} s; models in {out}/sft/final and {out}/rm/final, "
+    log(f"\n[quickstart] done in {wall:.0f} s; models in {out}/sft/final, {out}/rm/final and "
+        f"{out}/ppo/final, "
         f"metrics in {out}/*/metrics.jsonl, summary in {out}/summary.json")
     return summary
