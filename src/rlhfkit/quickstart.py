@@ -109,7 +109,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
         rewards=[f"model:{out}/rm/final", "arithmetic*0"],
         train=TrainConfig(output_dir=f"{out}/ppo", max_steps=4 if fast else 12, batch_size=8, lr=5e-6,
                           lr_scheduler="constant", warmup_ratio=0.0, eval_batch_size=16),
-        kl_coef=0.05, num_iterations=2, num_minibatches=2, eval_samples=2)
+        kl_coef=0.05, num_iterations=1, num_minibatches=1, eval_samples=2)
     ppo_cfg.rollout.num_generations = 2
     ppo_cfg.rollout.max_new_tokens = 32
     res = rl.run(ppo_cfg, log=log)
