@@ -69,7 +69,7 @@ def plot_run(run_dir: str, out_dir: str = "", log=print) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     grouped: dict[str, list[str]] = {}
     for k in sorted(data):
-        g = group_of(k)
+        g = group_of(k) if not k.endswith("_errors") else None
         if g is not None and len(data[k][0]) > 0:
             grouped.setdefault(g, []).append(k)
     paths = []

@@ -47,6 +47,7 @@ def test_every_estimator_runs_and_logs(tiny_dir, tmp_path, advantage, G, extra):
     assert len(recs) == 2
     for key in ("rollout/reward", "rollout/kl", "train/entropy", "train/clip_frac", "train/approx_kl",
                 "rollout/length_mean", "rollout/truncated_frac", "rollout/gen_tokens_per_s",
+                "train/tokens_per_s",
                 "rollout/reward/arithmetic", "rollout/reward/format", "rollout/zero_std_frac"):
         assert key in recs[0], key
     if advantage == "gae":

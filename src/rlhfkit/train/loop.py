@@ -242,6 +242,8 @@ class Trainer:
                     "train/step_time_s": dt})
         if self.recipe.plan is None:
             rec["train/tokens_per_s"] = tokens / dt
+        else:
+            rec["train/update_tokens"] = float(tokens)  # tokens through forward+backward this step
         rec.update(extra)
         rec.setdefault("train/updates", float(len(recs)))
         if self.recipe.on_step_end is not None:

@@ -635,6 +635,9 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
 
     def on_step_end(step, rec):
         rl.state["kl_ctl"] = rl.kl_ctl.state_dict()
+        # training throughput apart from generation: update tokens over the non-generation time
+        busy = rec.get("train/step_time_s", 0.0) - rec.get("rollout/gen_seconds", 0.0)
+        rec["train/tokens_per_s"] = rec.get("train/update_tokens", 0.0) / busy if busy > 0 else 0.0
 
     recipe = Recipe(
         model=trained, examples=train, collate=lambda exs: exs, name=cfg.advantage,
