@@ -30,7 +30,7 @@ from ..models.loading import load_model
 from ..models.logprobs import chunked_token_kl
 from ..models.reference import Reference, choose_mode
 from .common import eval_batches, make_collate, model_device, save_model
-from .loop import Recipe, Trainer
+from .loop import Recipe, Trainer, start_run
 from .reward import label_matrix
 from .sft import sft_step
 
@@ -181,5 +181,5 @@ def build(cfg: DPOConfig, log=print, model=None, tokenizer=None) -> Trainer:
 
 
 def run(cfg: DPOConfig, log=print, **kw) -> dict:
-    torch.manual_seed(cfg.train.seed)
+    start_run(cfg.train)
     return build(cfg, log, **kw).train()

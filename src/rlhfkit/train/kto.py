@@ -29,7 +29,7 @@ from ..models.loading import load_model
 from ..models.reference import Reference, choose_mode
 from .common import make_collate, save_model
 from .dpo import DPOConfig, evaluate_pairs
-from .loop import Recipe, Trainer
+from .loop import Recipe, Trainer, start_run
 
 
 @dataclasses.dataclass
@@ -120,5 +120,5 @@ def build(cfg: KTOConfig, log=print, model=None, tokenizer=None) -> Trainer:
 
 
 def run(cfg: KTOConfig, log=print, **kw) -> dict:
-    torch.manual_seed(cfg.train.seed)
+    start_run(cfg.train)
     return build(cfg, log, **kw).train()

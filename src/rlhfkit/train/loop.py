@@ -93,6 +93,14 @@ class MetricsLog:
             self.tb.close()
 
 
+def start_run(cfg: TrainConfig) -> None:
+    """Before a recipe builds anything: seed, and the CPU thread count (so reference
+    precomputation and rollouts already run with ``train.threads``)."""
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+
 def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     warmup = int(round(cfg.warmup_ratio * total_steps))
 

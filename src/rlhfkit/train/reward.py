@@ -22,7 +22,7 @@ from ..losses.reward import listwise_bt_loss, ranked_pairs
 from ..models.forward import sequence_scores
 from ..models.loading import load_scalar_model
 from .common import eval_batches, make_collate, model_device, save_model
-from .loop import Recipe, Trainer
+from .loop import Recipe, Trainer, start_run
 
 
 @dataclasses.dataclass
@@ -120,5 +120,5 @@ def build(cfg: RMConfig, log=print, model=None, tokenizer=None) -> Trainer:
 
 
 def run(cfg: RMConfig, log=print, **kw) -> dict:
-    torch.manual_seed(cfg.train.seed)
+    start_run(cfg.train)
     return build(cfg, log, **kw).train()

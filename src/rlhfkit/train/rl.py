@@ -53,7 +53,7 @@ from ..rl.advantages import ADVANTAGES, NEEDS_CRITIC, AdvantageInputs, compute_a
 from ..rl.kl_control import make_kl_controller
 from ..rl.rollout import SamplingParams, make_backend
 from .common import make_collate, save_model
-from .loop import Recipe, Trainer
+from .loop import Recipe, Trainer, start_run
 
 
 @dataclass
@@ -648,5 +648,5 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
 
 
 def run(cfg: RLConfig, log=print, **kw) -> dict:
-    torch.manual_seed(cfg.train.seed)
+    start_run(cfg.train)
     return build(cfg, log, **kw).train()

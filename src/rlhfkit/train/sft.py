@@ -16,7 +16,7 @@ from ..losses.sft import sft_loss
 from ..models.forward import completion_logprobs
 from ..models.loading import load_model
 from .common import eval_batches, make_collate, model_device, save_model
-from .loop import Recipe, Trainer
+from .loop import Recipe, Trainer, start_run
 
 
 @dataclasses.dataclass
@@ -64,5 +64,5 @@ def build(cfg: SFTConfig, log=print, model=None, tokenizer=None) -> Trainer:
 
 
 def run(cfg: SFTConfig, log=print, **kw) -> dict:
-    torch.manual_seed(cfg.train.seed)
+    start_run(cfg.train)
     return build(cfg, log, **kw).train()
