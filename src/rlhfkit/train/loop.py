@@ -237,7 +237,7 @@ class Trainer:
         recs = [self._update(mbs, step) for mbs in updates]
         lr = self.scheduler.get_last_lr()[0]
         with warnings.catch_warnings():  # a step whose updates were all filtered out is fine
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         dt = time.perf_counter() - t0
         rec: dict = {}
