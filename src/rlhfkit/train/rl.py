@@ -261,14 +261,15 @@ def validate(cfg: RLConfig) -> None:
 class OnlineRL:
     """State and callbacks of one online-RL run (rollouts, rewards, advantages, losses)."""
 
-    def __init__(self, cfg: RLConfig, model, tokenizer, log=print, ref_model=None, critic=None):
+    def __init__(self, cfg: RLConfig, model, tokenizer, log=print, ref_model=None, critic=None,
+                 rewards=None):
         self.cfg, self.tok, self.log = cfg, tokenizer, log
         self.G = cfg.rollout.num_generations
         self.chunk = cfg.train.logprob_chunk
         self.kl_where = _kl_in(cfg)
         self.policy = model
         self.critic = critic
-        self.rewards = build_rewards(cfg.rewards)
+        self.rewards = rewards if rewards is not None else build_rewards(cfg.rewards)
         wants_ref = cfg.kl_coef > 0 or cfg.kl_target > 0
         mode = cfg.reference
         if mode == "auto" and not wants_ref:
@@ -595,6 +596,7 @@ def load_prompts(cfg: RLConfig, tokenizer, log=print) -> tuple[list[Example], li
 def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) -> Trainer:
     validate(cfg)
     cfg.rewards = [reward_config_from(r) for r in cfg.rewards]
+    rewards = build_rewards(cfg.rewards)  # bad references fail before any model is loaded
     if model is None:
         model, tokenizer = load_model(cfg.model)
     _disable_dropout(model)
@@ -611,7 +613,7 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
                                     if not k.startswith("lm_head")}, strict=False)
         _disable_dropout(critic)
         log(f"[rl] critic initialised from {name or 'the policy'}")
-    rl = OnlineRL(cfg, model, tokenizer, log, ref_model=ref_model, critic=critic)
+    rl = OnlineRL(cfg, model, tokenizer, log, ref_model=ref_model, critic=critic, rewards=rewards)
     if cfg.ptx_coef > 0:
         pcfg = dataclasses.replace(cfg.data, path=cfg.ptx_path, rows="", eval_path="", eval_rows="")
         rl.ptx = load_examples(pcfg, tokenizer, ("prompt_completion", "language_modeling"), log)[0]
