@@ -61,9 +61,9 @@ def save_checkpoint(root: str, step: int, *, model, optimizer, scheduler, state:
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
-        raise TrainingError(f"could not write checkpoint {final}: {e.strerror or e}. Free disk "
+        raise TrainingError(f"could not write checkpoint {final}: {getattr(e, 'strerror', None) or e}. Free disk "
                             "space or fix permissions; earlier checkpoints are kept") from e
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
