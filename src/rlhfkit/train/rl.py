@@ -32,229 +32,29 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data.collate import Batch, collate
 from ..data.pipeline import load_examples
-from ..data.tokenize import Example, Renderer, tokenize_records
+from ..data.tokenize import Example, tokenize_records
 from ..errors import ConfigError
-from ..losses.kl import KL_ESTIMATORS, kl_estimate
-from ..losses.policy import LOSS_AGGREGATIONS, aggregate, clipped_surrogate, clipped_value_loss
+from ..losses.kl import kl_estimate
+from ..losses.policy import aggregate, clipped_surrogate, clipped_value_loss
 from ..losses.sft import sft_loss
-from ..models.forward import completion_logprobs, hidden_states, unwrap
+from ..models.forward import completion_logprobs, unwrap
 from ..models.loading import load_model, load_scalar_model
 from ..models.reference import Reference, choose_mode
-from ..rewards.base import RewardConfig, build_rewards, reward_config_from
-from ..rl.advantages import ADVANTAGES, NEEDS_CRITIC, AdvantageInputs, compute_advantages, masked_whiten
+from ..rewards.base import build_rewards, reward_config_from
+from ..rl.advantages import NEEDS_CRITIC, AdvantageInputs, compute_advantages, masked_mean, masked_whiten
+from ..rl.batches import PolicyWithCritic, RLBatch, critic_of, policy_of, target_index, token_values
+from ..rl.config import (CriticConfig, GRPOConfig, PPOConfig, RLConfig, RolloutConfig,  # noqa: F401
+                         kl_placement, validate)
 from ..rl.kl_control import make_kl_controller
 from ..rl.rollout import SamplingParams, make_backend
-from .common import make_collate, save_model
+from .common import save_model
 from .loop import Recipe, Trainer, start_run
-
-
-@dataclass
-class RolloutConfig:
-    backend: str = "hf"
-    """hf (KV-cache decode loop on the training model; shares its weights)."""
-    num_generations: int = 8
-    """Samples per prompt (G)."""
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    """0 = no top-k filtering."""
-    stop: list[str] = field(default_factory=list)
-    """Stop strings (comma-separated on the command line)."""
-    batch_size: int = 64
-    """Sequences decoded together."""
-
-
-@dataclass
-class CriticConfig:
-    name: str = ""
-    """Critic initialisation: a model dir/name; empty = the first reward model if any, else the policy's weights."""
-    lr: float = 0.0
-    """Critic learning rate (0 = train.lr)."""
-    freeze_layers: int = -1
-    """Frozen lower layers of the critic (-1 = same as model.freeze_layers)."""
-    vf_coef: float = 0.1
-    """Weight of the value loss."""
-    value_clip: float = 0.2
-    """ε_v of the clipped value loss (0 = unclipped)."""
-
-
-@dataclass
-class RLConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=1024, max_prompt_length=512))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        output_dir="runs/grpo", lr=1e-6, batch_size=4, warmup_ratio=0.0, lr_scheduler="constant",
-        max_steps=100, eval_batch_size=32))
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
-    """Reward sources, summed with their weights (YAML list; shorthand: arithmetic, gsm8k, format, model:PATH, fn:module:function)."""
-    task: str = ""
-    """'arithmetic' = generated 'What is a + b?' prompts instead of data.path."""
-    task_size: int = 2000
-    """Generated training problems (task=arithmetic)."""
-    task_eval_size: int = 64
-    """Generated held-out problems (task=arithmetic), disjoint from the training ones."""
-    advantage: str = "grpo"
-    """gae (PPO, critic) | grpo | rloo | reinforce_pp | reinforce_baseline."""
-    scale_rewards: bool = True
-    """grpo: divide by the group std (false = Dr.GRPO)."""
-    loss_agg: str = "grpo"
-    """grpo (sequence mean of token means) | dr_grpo (token sum / max_new_tokens) | dapo (token mean)."""
-    num_iterations: int = 1
-    """Epochs over each rollout (PPO epochs; GRPO's μ)."""
-    num_minibatches: int = 1
-    """Optimizer updates per epoch (prompts are split into this many minibatches)."""
-    micro_batch_size: int = 0
-    """Prompts per forward pass inside a minibatch (gradients accumulate; 0 = whole minibatch)."""
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
-    """Upper clip (0.28 = DAPO clip-higher)."""
-    kl_coef: float = 0.0
-    """β, KL strength (0 with reference=auto loads no reference)."""
-    kl_estimator: str = "k3"
-    """k1 | k2 | k3."""
-    kl_in: str = "auto"
-    """reward | loss | auto (reward for gae, reinforce_pp, rloo; loss for grpo, reinforce_baseline)."""
-    kl_target: float = 0.0
-    """> 0: adaptive KL controller aiming at this mean sequence KL."""
-    kl_horizon: int = 10000
-    target_kl: float = 0.0
-    """> 0: stop the epochs of a rollout once the approximate KL to the rollout policy exceeds it."""
-    filter_zero_std: bool = False
-    """Drop groups whose rewards are all equal (no signal) from the update."""
-    mask_truncated: bool = False
-    """Exclude responses cut at max_new_tokens from the loss."""
-    whiten_advantages: bool = True
-    """gae: normalise advantages over the batch."""
-    gamma: float = 1.0
-    lam: float = 0.95
-    entropy_coef: float = 0.0
-    """Entropy bonus weight."""
-    critic: CriticConfig = field(default_factory=CriticConfig)
-    ptx_coef: float = 0.0
-    """PPO-ptx: weight of an SFT loss on ptx_path rows mixed into every update."""
-    ptx_path: str = ""
-    """SFT rows (prompt/completion or text) for PPO-ptx."""
-    ptx_batch_size: int = 4
-    reference: str = "auto"
-    """auto | model | adapters | none. With kl_coef 0, 'model'/'adapters' still load one to report KL."""
-    ref_model: str = ""
-    """Reference weights (empty = a frozen copy of the initial policy)."""
-    eval_samples: int = 4
-    """Sampled responses per held-out prompt at evaluation (0 = greedy only)."""
-
-
-@dataclass
-class PPOConfig(RLConfig):
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        output_dir="runs/ppo", lr=1e-6, batch_size=16, warmup_ratio=0.0, lr_scheduler="constant",
-        max_steps=100, eval_batch_size=32))
-    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(num_generations=1))
-    advantage: str = "gae"
-    loss_agg: str = "dapo"
-    num_iterations: int = 2
-    num_minibatches: int = 2
-    kl_coef: float = 0.05
-    kl_estimator: str = "k1"
-
-
-GRPOConfig = RLConfig
-
-
-# ---------------------------------------------------------------------------- batches
-@dataclass
-class RLBatch:
-    """A micro-batch of an update: the packed sequences plus per-target tensors."""
-
-    batch: Batch
-    old_logp: Tensor
-    advantages: Tensor
-    mask: Tensor
-    ref_logp: Tensor | None = None
-    old_values: Tensor | None = None
-    returns: Tensor | None = None
-    count: float = 0.0             # items in the loss-aggregation unit
-    update_tokens: float = 1.0     # masked tokens of the whole update (value-loss mean)
-    ptx: Batch | None = None
-
-    @property
-    def num_real_tokens(self) -> int:
-        return self.batch.num_real_tokens
-
-
-class PolicyWithCritic(nn.Module):
-    """The trained pair of PPO: the policy and a separate critic with a scalar head."""
-
-    def __init__(self, policy, critic):
-        super().__init__()
-        self.policy, self.critic = policy, critic
-
-
-def policy_of(model):
-    m = model.module if hasattr(model, "module") else model
-    return m.policy if isinstance(m, PolicyWithCritic) else model
-
-
-def critic_of(model):
-    m = model.module if hasattr(model, "module") else model
-    return m.critic if isinstance(m, PolicyWithCritic) else None
-
-
-def token_values(critic, batch: Batch) -> Tensor:
-    """V(s_t) for every completion target: the scalar head at the position that predicts it."""
-    h = hidden_states(critic, batch, causal_lm=False).index_select(0, batch.tgt_pos)
-    return unwrap(critic).score(h).squeeze(-1).float()
-
-
-def target_index(batch: Batch, prompt_of_example: list[int], group: int, width: int) -> Tensor:
-    """Flat index into a (N, width) padded layout for every target of ``batch``."""
-    seq = batch.tgt_seq.cpu()
-    counts = torch.bincount(seq, minlength=batch.num_sequences)
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(seq.numel()) - starts[seq]
-    p = torch.tensor(prompt_of_example)[batch.seq_example.cpu()]
-    row = p * group + batch.seq_completion.cpu()                # (S,)
-    return row[seq] * width + pos
-
-
-def _kl_in(cfg: RLConfig) -> str:
-    if cfg.kl_in != "auto":
-        return cfg.kl_in
-    return "loss" if cfg.advantage in ("grpo", "reinforce_baseline") else "reward"
-
-
-def validate(cfg: RLConfig) -> None:
-    if cfg.advantage not in ADVANTAGES:
-        raise ConfigError(f"advantage must be one of {sorted(ADVANTAGES)}, got '{cfg.advantage}'")
-    if cfg.loss_agg not in LOSS_AGGREGATIONS:
-        raise ConfigError(f"loss_agg must be one of {LOSS_AGGREGATIONS}, got '{cfg.loss_agg}'")
-    if cfg.kl_estimator not in KL_ESTIMATORS:
-        raise ConfigError(f"kl_estimator must be one of {KL_ESTIMATORS}, got '{cfg.kl_estimator}'")
-    if cfg.kl_in not in ("auto", "reward", "loss"):
-        raise ConfigError(f"kl_in must be auto|reward|loss, got '{cfg.kl_in}'")
-    G = cfg.rollout.num_generations
-    if G < 1 or cfg.rollout.max_new_tokens < 1:
-        raise ConfigError("rollout.num_generations and rollout.max_new_tokens must be >= 1")
-    if cfg.advantage in ("grpo", "rloo", "reinforce_baseline") and G < 2:
-        raise ConfigError(f"advantage={cfg.advantage} compares the samples of a prompt: set "
-                          "rollout.num_generations >= 2")
-    if cfg.num_iterations < 1 or cfg.num_minibatches < 1:
-        raise ConfigError("num_iterations and num_minibatches must be >= 1")
-    prompts = cfg.train.batch_size * cfg.train.grad_accum
-    if cfg.num_minibatches > prompts:
-        raise ConfigError(f"num_minibatches ({cfg.num_minibatches}) exceeds the prompts per step "
-                          f"({prompts} = train.batch_size x train.grad_accum)")
-    if cfg.ptx_coef > 0 and not cfg.ptx_path:
-        raise ConfigError("ptx_coef > 0 needs ptx_path (SFT rows to mix in)")
 
 
 # ---------------------------------------------------------------------------- the recipe
@@ -266,7 +66,7 @@ class OnlineRL:
         self.cfg, self.tok, self.log = cfg, tokenizer, log
         self.G = cfg.rollout.num_generations
         self.chunk = cfg.train.logprob_chunk
-        self.kl_where = _kl_in(cfg)
+        self.kl_where = kl_placement(cfg)
         self.policy = model
         self.critic = critic
         self.rewards = rewards if rewards is not None else build_rewards(cfg.rewards)
@@ -556,9 +356,7 @@ class OnlineRL:
 
 
 def masked_var(x: Tensor, mask: Tensor) -> float:
-    n = mask.sum().clamp(min=1)
-    mean = (x * mask).sum() / n
-    return float((((x - mean) ** 2) * mask).sum() / n)
+    return float(masked_mean((x - masked_mean(x, mask)) ** 2, mask))
 
 
 def _nanmean(vals: list[float]) -> float:

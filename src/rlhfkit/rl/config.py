@@ -1,0 +1,158 @@
+"""Typed configuration of the online-RL recipe (``rlhfkit grpo`` / ``rlhfkit ppo``) and its
+validation; see :mod:`rlhfkit.train.rl` for what the keys drive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import DataConfig, ModelConfig, TrainConfig
+from ..errors import ConfigError
+from ..losses.kl import KL_ESTIMATORS
+from ..losses.policy import LOSS_AGGREGATIONS
+from ..rewards.base import RewardConfig
+from .advantages import ADVANTAGES
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"
+    """hf (KV-cache decode loop on the training model; shares its weights)."""
+    num_generations: int = 8
+    """Samples per prompt (G)."""
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 = no top-k filtering."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings (comma-separated on the command line)."""
+    batch_size: int = 64
+    """Sequences decoded together."""
+
+
+@dataclass
+class CriticConfig:
+    name: str = ""
+    """Critic initialisation: a model dir/name; empty = the first reward model if any, else the policy's weights."""
+    lr: float = 0.0
+    """Critic learning rate (0 = train.lr)."""
+    freeze_layers: int = -1
+    """Frozen lower layers of the critic (-1 = same as model.freeze_layers)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    value_clip: float = 0.2
+    """ε_v of the clipped value loss (0 = unclipped)."""
+
+
+@dataclass
+class RLConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=1024, max_prompt_length=512))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        output_dir="runs/grpo", lr=1e-6, batch_size=4, warmup_ratio=0.0, lr_scheduler="constant",
+        max_steps=100, eval_batch_size=32))
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
+    """Reward sources, summed with their weights (YAML list; shorthand: arithmetic, gsm8k, format, model:PATH, fn:module:function)."""
+    task: str = ""
+    """'arithmetic' = generated 'What is a + b?' prompts instead of data.path."""
+    task_size: int = 2000
+    """Generated training problems (task=arithmetic)."""
+    task_eval_size: int = 64
+    """Generated held-out problems (task=arithmetic), disjoint from the training ones."""
+    advantage: str = "grpo"
+    """gae (PPO, critic) | grpo | rloo | reinforce_pp | reinforce_baseline."""
+    scale_rewards: bool = True
+    """grpo: divide by the group std (false = Dr.GRPO)."""
+    loss_agg: str = "grpo"
+    """grpo (sequence mean of token means) | dr_grpo (token sum / max_new_tokens) | dapo (token mean)."""
+    num_iterations: int = 1
+    """Epochs over each rollout (PPO epochs; GRPO's μ)."""
+    num_minibatches: int = 1
+    """Optimizer updates per epoch (prompts are split into this many minibatches)."""
+    micro_batch_size: int = 0
+    """Prompts per forward pass inside a minibatch (gradients accumulate; 0 = whole minibatch)."""
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    """Upper clip (0.28 = DAPO clip-higher)."""
+    kl_coef: float = 0.0
+    """β, KL strength (0 with reference=auto loads no reference)."""
+    kl_estimator: str = "k3"
+    """k1 | k2 | k3."""
+    kl_in: str = "auto"
+    """reward | loss | auto (reward for gae, reinforce_pp, rloo; loss for grpo, reinforce_baseline)."""
+    kl_target: float = 0.0
+    """> 0: adaptive KL controller aiming at this mean sequence KL."""
+    kl_horizon: int = 10000
+    target_kl: float = 0.0
+    """> 0: stop the epochs of a rollout once the approximate KL to the rollout policy exceeds it."""
+    filter_zero_std: bool = False
+    """Drop groups whose rewards are all equal (no signal) from the update."""
+    mask_truncated: bool = False
+    """Exclude responses cut at max_new_tokens from the loss."""
+    whiten_advantages: bool = True
+    """gae: normalise advantages over the batch."""
+    gamma: float = 1.0
+    lam: float = 0.95
+    entropy_coef: float = 0.0
+    """Entropy bonus weight."""
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    ptx_coef: float = 0.0
+    """PPO-ptx: weight of an SFT loss on ptx_path rows mixed into every update."""
+    ptx_path: str = ""
+    """SFT rows (prompt/completion or text) for PPO-ptx."""
+    ptx_batch_size: int = 4
+    reference: str = "auto"
+    """auto | model | adapters | none. With kl_coef 0, 'model'/'adapters' still load one to report KL."""
+    ref_model: str = ""
+    """Reference weights (empty = a frozen copy of the initial policy)."""
+    eval_samples: int = 4
+    """Sampled responses per held-out prompt at evaluation (0 = greedy only)."""
+
+
+@dataclass
+class PPOConfig(RLConfig):
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        output_dir="runs/ppo", lr=1e-6, batch_size=16, warmup_ratio=0.0, lr_scheduler="constant",
+        max_steps=100, eval_batch_size=32))
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(num_generations=1))
+    advantage: str = "gae"
+    loss_agg: str = "dapo"
+    num_iterations: int = 2
+    num_minibatches: int = 2
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"
+
+
+GRPOConfig = RLConfig
+
+
+def kl_placement(cfg: RLConfig) -> str:
+    if cfg.kl_in != "auto":
+        return cfg.kl_in
+    return "loss" if cfg.advantage in ("grpo", "reinforce_baseline") else "reward"
+
+
+def validate(cfg: RLConfig) -> None:
+    if cfg.advantage not in ADVANTAGES:
+        raise ConfigError(f"advantage must be one of {sorted(ADVANTAGES)}, got '{cfg.advantage}'")
+    if cfg.loss_agg not in LOSS_AGGREGATIONS:
+        raise ConfigError(f"loss_agg must be one of {LOSS_AGGREGATIONS}, got '{cfg.loss_agg}'")
+    if cfg.kl_estimator not in KL_ESTIMATORS:
+        raise ConfigError(f"kl_estimator must be one of {KL_ESTIMATORS}, got '{cfg.kl_estimator}'")
+    if cfg.kl_in not in ("auto", "reward", "loss"):
+        raise ConfigError(f"kl_in must be auto|reward|loss, got '{cfg.kl_in}'")
+    G = cfg.rollout.num_generations
+    if G < 1 or cfg.rollout.max_new_tokens < 1:
+        raise ConfigError("rollout.num_generations and rollout.max_new_tokens must be >= 1")
+    if cfg.advantage in ("grpo", "rloo", "reinforce_baseline") and G < 2:
+        raise ConfigError(f"advantage={cfg.advantage} compares the samples of a prompt: set "
+                          "rollout.num_generations >= 2")
+    if cfg.num_iterations < 1 or cfg.num_minibatches < 1:
+        raise ConfigError("num_iterations and num_minibatches must be >= 1")
+    prompts = cfg.train.batch_size * cfg.train.grad_accum
+    if cfg.num_minibatches > prompts:
+        raise ConfigError(f"num_minibatches ({cfg.num_minibatches}) exceeds the prompts per step "
+                          f"({prompts} = train.batch_size x train.grad_accum)")
+    if cfg.ptx_coef > 0 and not cfg.ptx_path:
+        raise ConfigError("ptx_coef > 0 needs ptx_path (SFT rows to mix in)")
