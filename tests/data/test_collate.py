@@ -85,3 +85,23 @@ def test_packed_scores_equal_separate_forward(tok):
                 seq = torch.tensor([ex.prompt + ex.completions[k]])
                 h = model.model(seq).last_hidden_state[0, -1]
                 assert s[idx[e, k]].item() == pytest.approx(model.score(h).item(), abs=1e-5)
+
+
+def test_pack_rows_balances_rows_to_compute_fewest_positions():
+    from rlhfkit.data.collate import pack_rows
+
+    # 680 tokens, capacity 512: first-fit decreasing fills one row to 490 and leaves 190 in
+    # the other (2 x 490 = 980 positions); balanced, the rows hold 330 and 350 (700 positions)
+    lengths = [200, 150, 140, 130, 60]
+    rows = pack_rows(lengths, 512)
+    widths = sorted(sum(lengths[i] for i in r) for r in rows)
+    assert widths == [330, 350] and sorted(i for r in rows for i in r) == [0, 1, 2, 3, 4]
+    # every row fits the capacity; a unit longer than it gets its own row
+    lengths = [300, 250, 200, 120, 80, 40, 700]
+    rows = pack_rows(lengths, 512)
+    assert sorted(i for r in rows for i in r) == list(range(7))
+    assert [6] in rows and all(sum(lengths[i] for i in r) <= 512 for r in rows if r != [6])
+    # never more positions than one unit per row (plain padding)
+    for lengths in ([5], [9, 1], [3, 3, 3], [100, 1, 1, 1, 1]):
+        rows = pack_rows(lengths, 64)
+        assert len(rows) * max(sum(lengths[i] for i in r) for r in rows) <= len(lengths) * max(lengths)

@@ -4,7 +4,8 @@ A *unit* is one example laid out as ``prompt | completion_1 | ... | completion_K
 ``share_prompt`` the prompt is computed once for all K completions: each completion attends
 to the prompt and to itself (causally) but not to the other completions, and its position
 ids continue from the prompt's end, so every completion sees exactly what it would see in
-its own row. Units are packed first-fit-decreasing into rows of ``pack_length`` tokens with
+its own row. Units are packed into rows of at most ``pack_length`` tokens, balanced so that rows x
+longest row (the positions computed) is as small as it can be, with
 a block-diagonal 4-D boolean mask (True = may attend), so samples never see each other.
 Without ``share_prompt`` every completion is its own unit (prompt repeated), which is the
 plain layout the shared one is tested against.
@@ -68,23 +69,35 @@ def _units(examples: list[Example], share_prompt: bool) -> list[tuple[int, list[
     return units
 
 
-def _first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
-    """First-fit decreasing bin packing; an item longer than capacity gets its own row."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    rows: list[list[int]] = []
-    free: list[int] = []
+def _lpt(lengths: list[int], order: list[int], n_rows: int) -> list[list[int]]:
+    """Longest-first onto the currently shortest row (greedy makespan balancing)."""
+    rows: list[list[int]] = [[] for _ in range(n_rows)]
+    load = [0] * n_rows
     for i in order:
-        for r, f in enumerate(free):
-            if lengths[i] <= f:
-                rows[r].append(i)
-                free[r] -= lengths[i]
-                break
-        else:
-            rows.append([i])
-            free.append(capacity - lengths[i])
-    for r in rows:
+        r = min(range(n_rows), key=lambda j: (load[j], j))
+        rows[r].append(i)
+        load[r] += lengths[i]
+    return [r for r in rows if r]
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Group units into rows of at most ``capacity`` tokens so that the padded batch
+    (rows x longest row) holds as few positions as possible: for each row count from the
+    minimum ``ceil(total / capacity)`` up, units are balanced longest-first onto the shortest
+    row, and the cheapest layout that fits wins (ties: more, shorter rows, which cost less
+    attention). A unit longer than ``capacity`` gets a row of its own."""
+    n = len(lengths)
+    capacity = max(capacity, max(lengths))
+    order = sorted(range(n), key=lambda i: -lengths[i])
+    best, best_cost = [[i] for i in range(n)], n * max(lengths)  # one unit per row always fits
+    for n_rows in range(max(1, -(-sum(lengths) // capacity)), n):
+        rows = _lpt(lengths, order, n_rows)
+        width = max(sum(lengths[i] for i in r) for r in rows)
+        if width <= capacity and len(rows) * width <= best_cost:
+            best, best_cost = rows, len(rows) * width
+    for r in best:
         r.sort()  # keep file order inside a row (deterministic layout)
-    return rows
+    return best
 
 
 def collate(examples: list[Example], *, pad_id: int, pack_length: int = 0,
@@ -94,7 +107,7 @@ def collate(examples: list[Example], *, pad_id: int, pack_length: int = 0,
     lengths = [len(p) + sum(len(c) for _, c, _ in comps) for _, p, comps in units]
     if pack:
         capacity = max(pack_length or 0, max(lengths))
-        rows = _first_fit(lengths, capacity)
+        rows = pack_rows(lengths, capacity)
     else:
         rows = [[i] for i in range(len(units))]
     L = max(sum(lengths[i] for i in r) for r in rows)
@@ -145,7 +158,6 @@ def collate(examples: list[Example], *, pad_id: int, pack_length: int = 0,
         seq_completion=torch.tensor([k[1] for k, _ in order], dtype=torch.long),
         seq_len=torch.tensor([v[1] for _, v in order], dtype=torch.long),
         num_examples=len(examples), examples=examples, num_real_tokens=real)
-    return batch
 
 
 def sequence_index(batch: Batch, num_completions: int) -> Tensor:

@@ -1,0 +1,66 @@
+"""Reward model (Bradley-Terry): rlhfkit vs TRL RewardTrainer on the same pairs, side by side.
+
+    python bench/rm.py [--steps 16 --batch_size 4 --max_length 512 --threads 2]
+
+Embedded SmolLM2-135M-Instruct with a scalar head in fp32, the first steps x batch_size
+HH-RLHF harmless pairs (explicit prompt), full fine-tuning, no gradient checkpointing. TRL
+concatenates the prompt into both sequences and pads; rlhfkit shares the prompt between
+chosen and rejected in one padding-free row.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+
+def rlhfkit_child(a) -> None:
+    from rlhfkit.config import DataConfig, ModelConfig, TrainConfig
+    from rlhfkit.models.loading import load_scalar_model
+    from rlhfkit.train import reward
+
+    model, tok = load_scalar_model(ModelConfig(name=a.model))
+    out = tempfile.mkdtemp(prefix="rlhfkit-bench-rm-out-")
+    cfg = reward.RMConfig(
+        model=ModelConfig(name=a.model),
+        data=DataConfig(path=a.data, max_length=a.max_length),
+        train=TrainConfig(output_dir=out, max_steps=a.steps, batch_size=a.batch_size, lr=1e-5,
+                          lr_scheduler="constant", warmup_ratio=0.0, progress=False, tensorboard=False,
+                          threads=a.threads))
+    t0 = time.perf_counter()
+    trainer = reward.build(cfg, log=lambda *x: None, model=model, tokenizer=tok)
+    C.emit(**C.rlhfkit_measure(trainer, model, a.steps, time.perf_counter() - t0))
+
+
+def trl_child(a) -> None:
+    from datasets import load_dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    tok = AutoTokenizer.from_pretrained(a.model)
+    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=1, dtype="float32")
+    model.config.pad_token_id = tok.pad_token_id
+    ds = load_dataset("json", data_files=a.data, split="train")
+    out = tempfile.mkdtemp(prefix="trl-bench-rm-out-")
+    cfg = RewardConfig(**C.trl_common_args(out, a), max_length=a.max_length)
+    C.emit(**C.trl_measure(lambda: RewardTrainer(model=model, args=cfg, train_dataset=ds,
+                                                  processing_class=tok)))
+
+
+def main() -> dict | None:
+    a = C.base_parser("rm", steps=16, batch_size=4, max_length=512).parse_args()
+    if a.child:
+        C.child_setup(a.threads)
+        return (rlhfkit_child if a.child == "rlhfkit" else trl_child)(a)
+    rows = C.hh_pairs(a.steps * a.batch_size)
+    tokens = C.real_tokens(rows, ("chosen", "rejected"), a.max_length)
+    return C.compare("rm", os.path.abspath(__file__), a, rows, tokens, "pair", len(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""SFT (completion-only loss): rlhfkit vs TRL SFTTrainer on the same rows, side by side.
+
+    python bench/sft.py [--steps 16 --batch_size 4 --max_length 512 --threads 2]
+
+Embedded SmolLM2-135M-Instruct in fp32, the first steps x batch_size GSM8K training rows as
+plain "Question: ...\\nAnswer:" prompts with the worked solution as completion (loss on the
+completion only), full fine-tuning, no gradient checkpointing. TRL runs with its defaults
+(padded batches); rlhfkit with its defaults (padding-free packing, LM head on completion
+tokens only).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+
+def rlhfkit_child(a) -> None:
+    from rlhfkit.config import DataConfig, ModelConfig, TrainConfig
+    from rlhfkit.models.loading import load_model
+    from rlhfkit.train import sft
+
+    model, tok = load_model(ModelConfig(name=a.model))
+    out = tempfile.mkdtemp(prefix="rlhfkit-bench-sft-out-")
+    cfg = sft.SFTConfig(
+        model=ModelConfig(name=a.model),
+        data=DataConfig(path=a.data, max_length=a.max_length),
+        train=TrainConfig(output_dir=out, max_steps=a.steps, batch_size=a.batch_size, lr=1e-5,
+                          lr_scheduler="constant", warmup_ratio=0.0, progress=False, tensorboard=False,
+                          threads=a.threads))
+    t0 = time.perf_counter()
+    trainer = sft.build(cfg, log=lambda *x: None, model=model, tokenizer=tok)
+    C.emit(**C.rlhfkit_measure(trainer, model, a.steps, time.perf_counter() - t0))
+
+
+def trl_child(a) -> None:
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(a.model)
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype="float32")
+    ds = load_dataset("json", data_files=a.data, split="train")
+    out = tempfile.mkdtemp(prefix="trl-bench-sft-out-")
+    cfg = SFTConfig(**C.trl_common_args(out, a), max_length=a.max_length, completion_only_loss=True)
+    C.emit(**C.trl_measure(lambda: SFTTrainer(model=model, args=cfg, train_dataset=ds,
+                                               processing_class=tok)))
+
+
+def main() -> dict | None:
+    a = C.base_parser("sft", steps=16, batch_size=4, max_length=512).parse_args()
+    if a.child:
+        C.child_setup(a.threads)
+        return (rlhfkit_child if a.child == "rlhfkit" else trl_child)(a)
+    rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in C.gsm8k_rows(a.steps * a.batch_size)]
+    tokens = C.real_tokens(rows, ("completion",), a.max_length)
+    return C.compare("sft", os.path.abspath(__file__), a, rows, tokens, "row", len(rows))
+
+
+if __name__ == "__main__":
+    main()
