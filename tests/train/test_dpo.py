@@ -86,6 +86,20 @@ def test_precomputed_reference_is_cached(tiny_dir, pairs, tmp_path):
     assert not any("precomputed" in m for m in logs)  # loaded from the cache
 
 
+def test_precompute_covers_only_the_visited_examples(tiny_dir, pairs, tmp_path):
+    """max_steps=2 x batch 4 visits 8 of the 16 pairs: exactly those get reference log-probs,
+    the steps find every value they need, and a full epoch covers all pairs."""
+    logs = []
+    t = dpo.build(cfg_for(tiny_dir, pairs, tmp_path / "short"), log=logs.append)
+    seen = sorted({ex.row for k in range(2) for ex in t.micro_batch(k).examples})
+    have = sorted(ex.row for ex in t.recipe.examples if "ref_logps" in ex.extra)
+    assert len(seen) == 8 and have == seen
+    assert "reference log-probs precomputed for 8 examples" in logs
+    t._train_step(0), t._train_step(1)
+    t = dpo.build(cfg_for(tiny_dir, pairs, tmp_path / "epoch", train=dict(max_steps=0, epochs=1)), log=quiet)
+    assert all("ref_logps" in ex.extra for ex in t.recipe.examples)
+
+
 def test_dpo_learns_held_out_direction(tiny_dir, pairs, tmp_path):
     c = cfg_for(tiny_dir, pairs, tmp_path, train=dict(max_steps=0, epochs=6))
     c.data.eval_path = pairs["train"]  # fit the training pairs: implicit reward accuracy rises

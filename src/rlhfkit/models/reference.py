@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from .forward import LogprobOutput, completion_logprobs
 
 MODES = ("auto", "precompute", "adapters", "model", "none")
@@ -76,8 +76,13 @@ class Reference:
     def sequence_logps(self, batch) -> torch.Tensor:
         """(S,) reference sequence log-probs, from the cache or a live forward."""
         if self.mode == "precompute":
-            vals = [batch.examples[e].extra["ref_logps"][k]
-                    for e, k in zip(batch.seq_example.tolist(), batch.seq_completion.tolist())]
+            try:
+                vals = [batch.examples[e].extra["ref_logps"][k]
+                        for e, k in zip(batch.seq_example.tolist(), batch.seq_completion.tolist())]
+            except KeyError:
+                raise TrainingError("an example has no precomputed reference log-probs (they cover "
+                                    "the examples the configured steps visit); call "
+                                    "Reference.precompute on it, or use reference=model") from None
             return torch.tensor(vals, dtype=torch.float32, device=batch.tgt_ids.device)
         return self.logprobs(batch).seq_logps
 

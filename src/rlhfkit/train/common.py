@@ -46,3 +46,14 @@ def save_model(model, tokenizer, path: str, lora: LoraConfig, config=None, extra
     if config is not None:
         with open(os.path.join(path, "rlhfkit_recipe.json"), "w") as f:
             json.dump(to_dict(config), f, indent=1)
+
+
+def precompute_reference(ref, trainer, train: list, evals: list, collate_fn, tcfg: TrainConfig,
+                         model_key: str, log) -> None:
+    """Reference log-probs, once, for the training examples the run will visit (a run stopped
+    early by max_steps visits fewer than all) and for the held-out ones; cached in the run dir."""
+    visited = [train[i] for i in trainer.visited_examples()]
+    for name, exs in (("train", visited), ("eval", evals)):  # eval batches line up with evaluation
+        if exs:
+            ref.precompute(exs, collate_fn, tcfg.eval_batch_size, log=log, model_key=model_key,
+                           cache=os.path.join(tcfg.output_dir, f"ref_logps_{name}.pt"))

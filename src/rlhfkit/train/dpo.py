@@ -29,7 +29,7 @@ from ..models.forward import completion_logprobs, lm_head, segment_sum
 from ..models.loading import load_model
 from ..models.logprobs import chunked_token_kl
 from ..models.reference import Reference, choose_mode
-from .common import eval_batches, make_collate, model_device, save_model
+from .common import precompute_reference, eval_batches, make_collate, model_device, save_model
 from .loop import Recipe, Trainer, start_run
 from .reward import label_matrix
 from .sft import sft_step
@@ -163,11 +163,6 @@ def build(cfg: DPOConfig, log=print, model=None, tokenizer=None) -> Trainer:
         ref_model = load_model(cfg.ref_model)[0] if cfg.ref_model else copy.deepcopy(
             model.get_base_model() if hasattr(model, "get_base_model") else model)
     ref = Reference(mode, policy=model, model=ref_model, chunk=cfg.train.logprob_chunk)
-    if mode == "precompute":
-        for name, exs in (("train", train), ("eval", evals)):  # eval batches line up with evaluation
-            if exs:
-                ref.precompute(exs, collate_fn, cfg.train.eval_batch_size, log=log, model_key=f"{cfg.model.name}|sft_first={cfg.sft_first}",
-                               cache=os.path.join(cfg.train.output_dir, f"ref_logps_{name}.pt"))
     log(f"[dpo] loss_type={cfg.loss_type} beta={cfg.beta} reference={mode}")
     chunk = cfg.train.logprob_chunk
     recipe = Recipe(
@@ -177,7 +172,10 @@ def build(cfg: DPOConfig, log=print, model=None, tokenizer=None) -> Trainer:
         evaluate=(lambda m: evaluate_pairs(m, ref, evals, collate_fn, cfg.train.eval_batch_size, cfg))
         if evals and cfg.loss_type != "plackett_luce" else None,
         save=lambda m, path: save_model(m, tokenizer, path, cfg.model.lora, cfg))
-    return Trainer(cfg.train, recipe, log)
+    trainer = Trainer(cfg.train, recipe, log)
+    if mode == "precompute":
+        precompute_reference(ref, trainer, train, evals, collate_fn, cfg.train, f"{cfg.model.name}|sft_first={cfg.sft_first}", log)
+    return trainer
 
 
 def run(cfg: DPOConfig, log=print, **kw) -> dict:

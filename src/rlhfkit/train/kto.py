@@ -27,7 +27,7 @@ from ..losses.unpaired import kto_loss
 from ..models.forward import completion_logprobs
 from ..models.loading import load_model
 from ..models.reference import Reference, choose_mode
-from .common import make_collate, save_model
+from .common import precompute_reference, make_collate, save_model
 from .dpo import DPOConfig, evaluate_pairs
 from .loop import Recipe, Trainer, start_run
 
@@ -100,11 +100,6 @@ def build(cfg: KTOConfig, log=print, model=None, tokenizer=None) -> Trainer:
     mode = choose_mode(cfg.reference, needs_reference=True, lora=cfg.model.lora.r > 0)
     ref_model = load_model(cfg.ref_model or cfg.model.name)[0] if mode == "model" else None
     ref = Reference(mode, policy=model, model=ref_model, chunk=cfg.train.logprob_chunk)
-    if mode == "precompute":
-        for name, exs in (("train", train), ("eval", evals)):  # eval batches line up with evaluation
-            if exs:
-                ref.precompute(exs, collate_fn, cfg.train.eval_batch_size, log=log, model_key=cfg.model.name,
-                               cache=os.path.join(cfg.train.output_dir, f"ref_logps_{name}.pt"))
     n_d = sum(bool(ex.label) for ex in train)
     log(f"[kto] {n_d} desirable / {len(train) - n_d} undesirable rows, reference={mode}")
     chunk = cfg.train.logprob_chunk
@@ -116,7 +111,10 @@ def build(cfg: KTOConfig, log=print, model=None, tokenizer=None) -> Trainer:
         evaluate=(lambda m: evaluate_pairs(m, ref, evals, collate_fn, cfg.train.eval_batch_size, eval_cfg))
         if evals else None,
         save=lambda m, path: save_model(m, tokenizer, path, cfg.model.lora, cfg))
-    return Trainer(cfg.train, recipe, log)
+    trainer = Trainer(cfg.train, recipe, log)
+    if mode == "precompute":
+        precompute_reference(ref, trainer, train, evals, collate_fn, cfg.train, cfg.model.name, log)
+    return trainer
 
 
 def run(cfg: KTOConfig, log=print, **kw) -> dict:

@@ -147,11 +147,28 @@ class Trainer:
         self.metrics = MetricsLog(os.path.join(cfg.output_dir, "metrics.jsonl"), cfg.tensorboard)
 
     # ------------------------------------------------------------------ data order
-    def micro_batch(self, k: int):
+    def _indices(self, k: int, perms: dict | None = None) -> list[int]:
+        """Example indices of micro-batch ``k`` (a fresh shuffle each epoch, from the seed)."""
         epoch, i = divmod(k, self.micro_per_epoch)
-        g = torch.Generator().manual_seed(self.cfg.seed + epoch)
-        perm = torch.randperm(len(self.recipe.examples), generator=g).tolist()
-        idx = perm[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
+        perm = perms.get(epoch) if perms is not None else None
+        if perm is None:
+            g = torch.Generator().manual_seed(self.cfg.seed + epoch)
+            perm = torch.randperm(len(self.recipe.examples), generator=g).tolist()
+            if perms is not None:
+                perms[epoch] = perm
+        return perm[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
+
+    def visited_examples(self) -> list[int]:
+        """Indices of the examples the run will train on, in file order (all of them unless
+        max_steps stops it inside the first epoch): what a precomputed reference must cover."""
+        n_micro = self.total_steps * self.cfg.grad_accum
+        if n_micro >= self.micro_per_epoch:
+            return list(range(len(self.recipe.examples)))
+        perms: dict = {}
+        return sorted({j for k in range(n_micro) for j in self._indices(k, perms)})
+
+    def micro_batch(self, k: int):
+        idx = self._indices(k)
         batch = self.recipe.collate([self.recipe.examples[j] for j in idx])
         return batch.to(self.accelerator.device) if hasattr(batch, "to") else batch
 
