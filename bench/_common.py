@@ -178,6 +178,16 @@ def compare(stage: str, script: str, args, rows: list[dict], tokens: int, unit: 
     return rec
 
 
+def stage_main(mod) -> dict | None:
+    """Entry point of a stage script: the parent compares both sides, a child runs one."""
+    a = base_parser(mod.STAGE, **mod.DEFAULTS).parse_args()
+    if a.child:
+        child_setup(a.threads)
+        return (mod.rlhfkit_child if a.child == "rlhfkit" else mod.trl_child)(a)
+    rows, tokens, n_units = mod.bench_data(a)
+    return compare(mod.STAGE, os.path.abspath(mod.__file__), a, rows, tokens, mod.UNIT, n_units)
+
+
 # ------------------------------------------------------------------------- child side
 def child_setup(threads: int) -> None:
     import torch
@@ -236,7 +246,7 @@ def count_flops(fn) -> float:
     return float(fc.get_total_flops())
 
 
-def rlhfkit_measure(trainer, model, steps: int, t_setup: float, tokens_of=None) -> dict:
+def rlhfkit_measure(trainer, model, t_setup: float, steps: int, tokens_of=None) -> dict:
     """Time ``steps`` optimizer steps of an rlhfkit Trainer, then count one more step's FLOPs.
     ``tokens_of(step record)`` adds the tokens a step produced (online RL: generated tokens)."""
     t0 = time.perf_counter()

@@ -18,8 +18,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
+STAGE, UNIT = "dpo", "pair"
+DEFAULTS = dict(steps=16, batch_size=4, max_length=512)
 
-def rlhfkit_child(a) -> None:
+
+def rlhfkit_trainer(a):
+    """(rlhfkit Trainer built on the bench data, model, seconds spent building it)."""
     from rlhfkit.config import DataConfig, ModelConfig, TrainConfig
     from rlhfkit.models.loading import load_model
     from rlhfkit.train import dpo
@@ -35,7 +39,11 @@ def rlhfkit_child(a) -> None:
         loss_type="sigmoid", beta=0.1)
     t0 = time.perf_counter()
     trainer = dpo.build(cfg, log=lambda *x: None, model=model, tokenizer=tok)
-    C.emit(**C.rlhfkit_measure(trainer, model, a.steps, time.perf_counter() - t0))
+    return trainer, model, time.perf_counter() - t0
+
+
+def rlhfkit_child(a) -> None:
+    C.emit(**C.rlhfkit_measure(*rlhfkit_trainer(a), a.steps))
 
 
 def trl_child(a) -> None:
@@ -52,15 +60,11 @@ def trl_child(a) -> None:
                                                processing_class=tok)))
 
 
-def main() -> dict | None:
-    a = C.base_parser("dpo", steps=16, batch_size=4, max_length=512).parse_args()
-    if a.child:
-        C.child_setup(a.threads)
-        return (rlhfkit_child if a.child == "rlhfkit" else trl_child)(a)
+def bench_data(a) -> tuple[list[dict], int, int]:
+    """(rows both sides train on, real tokens in them, number of pairs)."""
     rows = C.hh_pairs(a.steps * a.batch_size)
-    tokens = C.real_tokens(rows, ("chosen", "rejected"), a.max_length)
-    return C.compare("dpo", os.path.abspath(__file__), a, rows, tokens, "pair", len(rows))
+    return rows, C.real_tokens(rows, ("chosen", "rejected"), a.max_length), len(rows)
 
 
 if __name__ == "__main__":
-    main()
+    C.stage_main(sys.modules[__name__])

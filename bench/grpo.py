@@ -22,6 +22,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
+STAGE, UNIT = "grpo", "step"
+DEFAULTS = dict(steps=3, batch_size=2, max_length=128)
+
 G = 4
 
 
@@ -45,7 +48,8 @@ def gsm8k_reward(completions, answer, **kw):
     return out
 
 
-def rlhfkit_child(a) -> None:
+def rlhfkit_trainer(a):
+    """(rlhfkit Trainer built on the bench data, model, seconds spent building it)."""
     from rlhfkit.config import DataConfig, ModelConfig, TrainConfig
     from rlhfkit.models.loading import load_model
     from rlhfkit.rl.config import RolloutConfig
@@ -64,8 +68,12 @@ def rlhfkit_child(a) -> None:
         eval_samples=0)
     t0 = time.perf_counter()
     trainer = rl.build(cfg, log=lambda *x: None, model=model, tokenizer=tok)
+    return trainer, model, time.perf_counter() - t0
+
+
+def rlhfkit_child(a) -> None:
     tokens_of = lambda rec: rec["rollout/length_mean"] * a.batch_size * G  # noqa: E731
-    C.emit(**C.rlhfkit_measure(trainer, model, a.steps, time.perf_counter() - t0, tokens_of))
+    C.emit(**C.rlhfkit_measure(*rlhfkit_trainer(a), a.steps, tokens_of))
 
 
 def trl_child(a) -> None:
@@ -90,14 +98,11 @@ def trl_child(a) -> None:
                                                 train_dataset=ds, processing_class=tok), tokens_of))
 
 
-def main() -> dict | None:
-    a = C.base_parser("grpo", steps=3, batch_size=2, max_length=128).parse_args()
-    if a.child:
-        C.child_setup(a.threads)
-        return (rlhfkit_child if a.child == "rlhfkit" else trl_child)(a)
+def bench_data(a) -> tuple[list[dict], int, int]:
+    """(rows both sides train on, real tokens in them, number of steps)."""
     rows = [{"prompt": r["prompt"], "answer": r["answer"]} for r in C.gsm8k_rows(a.steps * a.batch_size)]
-    return C.compare("grpo", os.path.abspath(__file__), a, rows, 0, "step", a.steps)
+    return rows, 0, a.steps  # generated tokens are counted by each side
 
 
 if __name__ == "__main__":
-    main()
+    C.stage_main(sys.modules[__name__])
