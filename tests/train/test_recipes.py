@@ -60,7 +60,7 @@ def test_grad_accumulation_matches_one_big_batch(tiny_dir, data, tmp_path):
         t.optimizer.step = lambda: seen.append([p.grad.clone() for p in t.model.parameters()])
         rec = t._train_step(0)
         grads.append((rec["train/loss"], seen[0]))
-    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)  # fp32 sums in another layout
     for a, b in zip(grads[0][1], grads[1][1]):
         assert torch.allclose(a, b, atol=1e-7, rtol=1e-5)
 
