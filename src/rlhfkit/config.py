@@ -117,6 +117,10 @@ class TrainConfig:
     """Tokens per chunk when computing log-probs from hidden states."""
     threads: int = 0
     """torch CPU threads (0 = torch default)."""
+    best_metric: str = ""
+    """Keep the model with the best value of this evaluation metric in output_dir/best (e.g. 'sampled/reward')."""
+    best_mode: str = "max"
+    """'max' or 'min': which direction of best_metric is better."""
     logging_steps: int = 1
     progress: bool = True
     """Show a progress bar."""

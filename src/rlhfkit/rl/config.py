@@ -11,6 +11,7 @@ from ..losses.kl import KL_ESTIMATORS
 from ..losses.policy import LOSS_AGGREGATIONS
 from ..rewards.base import RewardConfig
 from .advantages import ADVANTAGES
+from .monitors import MonitorConfig
 
 
 @dataclass
@@ -108,6 +109,8 @@ class RLConfig:
     """Reference weights (empty = a frozen copy of the initial policy)."""
     eval_samples: int = 4
     """Sampled responses per held-out prompt at evaluation (0 = greedy only)."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """Reward-hacking monitors: length drift, KL blow-up, proxy vs gold (weight-0) reward."""
 
 
 @dataclass
@@ -154,5 +157,7 @@ def validate(cfg: RLConfig) -> None:
     if cfg.num_minibatches > prompts:
         raise ConfigError(f"num_minibatches ({cfg.num_minibatches}) exceeds the prompts per step "
                           f"({prompts} = train.batch_size x train.grad_accum)")
+    if cfg.monitor.window < 1:
+        raise ConfigError("monitor.window must be >= 1")
     if cfg.ptx_coef > 0 and not cfg.ptx_path:
         raise ConfigError("ptx_coef > 0 needs ptx_path (SFT rows to mix in)")

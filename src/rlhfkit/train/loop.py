@@ -54,6 +54,8 @@ class Recipe:
     """Optimizer parameter groups (e.g. a critic with its own learning rate)."""
     on_step_end: Callable[[int, dict], None] | None = None
     """Called with each step's finished metrics record (monitors, schedules)."""
+    should_stop: Callable[[], str] | None = None
+    """Checked after every step: a non-empty reason ends the run early (final eval and save)."""
 
 
 class MetricsLog:
@@ -129,6 +131,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         if cfg.batch_size < 1 or cfg.grad_accum < 1:
             raise TrainingError("train.batch_size and train.grad_accum must be >= 1")
+        if cfg.best_mode not in ("max", "min"):
+            raise TrainingError(f"train.best_mode must be 'max' or 'min', got '{cfg.best_mode}'")
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         torch.manual_seed(cfg.seed)
         n = len(recipe.examples)
@@ -183,7 +187,28 @@ class Trainer:
         self.metrics.write(step, res)
         self.log(f"[{self.recipe.name}] step {step}: " + ", ".join(
             f"{k[5:]}={v:.4g}" for k, v in res.items() if isinstance(v, float)))
+        self._keep_best(step, res)
         return res
+
+    def _keep_best(self, step: int, res: dict) -> None:
+        """With train.best_metric: save the model to output_dir/best when the held-out metric
+        improves (best.json records the step and value)."""
+        cfg = self.cfg
+        if not cfg.best_metric or self.recipe.save is None:
+            return
+        key = cfg.best_metric if cfg.best_metric.startswith("eval/") else "eval/" + cfg.best_metric
+        if key not in res:
+            raise TrainingError(f"train.best_metric '{cfg.best_metric}' is not among the evaluation "
+                                f"metrics: {sorted(k[5:] for k in res)}")
+        v, best = float(res[key]), self.recipe.state.get("best_value")
+        if best is not None and (v <= best if cfg.best_mode == "max" else v >= best):
+            return
+        self.recipe.state["best_value"] = v
+        path = os.path.join(cfg.output_dir, "best")
+        self.recipe.save(self.accelerator.unwrap_model(self.model), path)
+        with open(os.path.join(cfg.output_dir, "best.json"), "w") as f:
+            json.dump({"step": step, "metric": key, "value": v}, f)
+        self.log(f"[{self.recipe.name}] best {key}={v:.4g} at step {step}: saved {path}")
 
     def _save(self, step: int) -> None:
         save_checkpoint(self.ckpt_dir, step, model=self.accelerator.unwrap_model(self.model),
@@ -210,6 +235,7 @@ class Trainer:
         elif os.path.exists(self.metrics.path):
             os.remove(self.metrics.path)  # a fresh run starts a fresh metrics file
         first_eval = last_eval = self.evaluate(0) if start == 0 else {}
+        end = self.total_steps
         self.model.train()
         bar = None
         if cfg.progress:
@@ -228,6 +254,11 @@ class Trainer:
                     last_eval = self.evaluate(step + 1)
                 if cfg.save_steps and (step + 1) % cfg.save_steps == 0:
                     self._save(step + 1)
+                reason = self.recipe.should_stop() if self.recipe.should_stop is not None else ""
+                if reason:
+                    self.log(f"[{self.recipe.name}] early stop at step {step + 1}: {reason}")
+                    end = step + 1
+                    break
         except KeyboardInterrupt:
             self.log(f"[{self.recipe.name}] interrupted: saving a checkpoint before exiting")
             self._save(step)
@@ -235,8 +266,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        final_eval = self.evaluate(self.total_steps) if start < self.total_steps or not last_eval else last_eval
-        self._save(self.total_steps)
+        final_eval = self.evaluate(end) if start < end or not last_eval else last_eval
+        self._save(end)
         if self.recipe.save is not None:
             self.recipe.save(acc.unwrap_model(self.model), os.path.join(cfg.output_dir, "final"))
         self.metrics.close()

@@ -52,6 +52,7 @@ from ..rl.batches import PolicyWithCritic, RLBatch, critic_of, policy_of, target
 from ..rl.config import (CriticConfig, GRPOConfig, PPOConfig, RLConfig, RolloutConfig,  # noqa: F401
                          kl_placement, validate)
 from ..rl.kl_control import make_kl_controller
+from ..rl.monitors import RewardHackingMonitor
 from ..rl.rollout import SamplingParams, make_backend
 from .common import save_model
 from .loop import Recipe, Trainer, start_run
@@ -433,17 +434,22 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
         if c is not None:
             save_model(c, tokenizer, os.path.join(os.path.dirname(path), "critic"), cfg.model.lora)
 
+    gold = [n for n, w in zip(rewards.names, rewards.weights) if w == 0]
+    monitor = RewardHackingMonitor(cfg.monitor, gold, log, state=rl.state.setdefault("monitor", {}))
+
     def on_step_end(step, rec):
         rl.state["kl_ctl"] = rl.kl_ctl.state_dict()
         # training throughput apart from generation: update tokens over the non-generation time
         busy = rec.get("train/step_time_s", 0.0) - rec.get("rollout/gen_seconds", 0.0)
         rec["train/tokens_per_s"] = rec.get("train/update_tokens", 0.0) / busy if busy > 0 else 0.0
+        monitor.update(step, rec)
 
     recipe = Recipe(
         model=trained, examples=train, collate=lambda exs: exs, name=cfg.advantage,
         step=rl.step, count=lambda rb: rb.count, plan=rl.plan,
         evaluate=(lambda m: rl.evaluate(m, evals)) if evals else None,
-        save=save, state=rl.state, param_groups=param_groups, on_step_end=on_step_end)
+        save=save, state=rl.state, param_groups=param_groups, on_step_end=on_step_end,
+        should_stop=lambda: monitor.stop_reason)
     return Trainer(cfg.train, recipe, log)
 
 
