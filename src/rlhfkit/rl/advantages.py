@@ -20,6 +20,7 @@ reinforce_baseline  r − mean_group, divided by the std over the whole batch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -36,16 +37,24 @@ class AdvantageInputs:
     lam: float = 0.95
     scale: bool = True                    # grpo: divide by the group std
     eps: float = 1e-4
+    reduce: Callable[[Tensor], Tensor] | None = None  # data parallel: sum over processes
 
 
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(x: Tensor, mask: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Mean over the masked entries; with ``reduce`` (a sum over data-parallel processes)
+    the mean of every process's entries together."""
+    sc = torch.stack([(x * mask).sum(), mask.sum().to(x.dtype)])
+    if reduce is not None:
+        sc = reduce(sc)
+    return sc[0] / sc[1].clamp(min=1)
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """(x − mean) / std over the masked entries (population variance); zeros outside."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """(x − mean) / std over the masked entries (population variance); zeros outside.
+    ``reduce`` makes the statistics global over data-parallel processes."""
+    mean = masked_mean(x, mask, reduce)
+    var = masked_mean((x - mean) ** 2, mask, reduce)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -127,7 +136,7 @@ def _reinforce_pp(x: AdvantageInputs):
     if x.token_rewards is None:
         raise ValueError("advantage 'reinforce_pp' needs token rewards")
     ret = returns_to_go(x.token_rewards, x.mask, gamma=1.0)
-    return masked_whiten(ret, x.mask), ret
+    return masked_whiten(ret, x.mask, reduce=x.reduce), ret
 
 
 def _reinforce_baseline(x: AdvantageInputs):

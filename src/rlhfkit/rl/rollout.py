@@ -11,6 +11,12 @@ KV cache; rows that finished are dropped from the batch (their cache rows too), 
 loop ends when every row hit EOS / a stop string. It shares the policy's weights, so there
 is nothing to synchronise after an update. A GPU engine (e.g. vLLM) plugs in by
 implementing ``generate`` and ``sync_weights``.
+
+Sampling is batch-invariant: sample ``i`` of a call draws its noise from its own generator,
+seeded from one draw of the caller's RNG and its global row number (``row_offset + i``), and
+picks its token by Gumbel-max. A prompt therefore gets the same samples whether it is
+generated alone, in a larger batch, or on another data-parallel process (which passes its
+shard's ``row_offset``), up to float ties.
 """
 
 from __future__ import annotations
@@ -56,18 +62,21 @@ class RolloutBackend:
     """Interface: ``generate(prompt_ids, params) -> Rollout``; ``sync_weights(model)`` after
     each policy update (a no-op when the backend runs the training module itself)."""
 
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Rollout:  # pragma: no cover
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams,
+                 generator: torch.Generator | None = None, row_offset: int = 0) -> Rollout:  # pragma: no cover
         raise NotImplementedError
 
     def sync_weights(self, model) -> None:
         pass
 
 
-def sample_tokens(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None
-                  ) -> tuple[Tensor, Tensor]:
+def sample_tokens(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None,
+                  row_generators: list[torch.Generator] | None = None) -> tuple[Tensor, Tensor]:
     """Draw one token per row; return ``(tokens (B,), log-probs (B,))`` under the sampling
     distribution (after temperature, top-k and top-p). Greedy when temperature == 0 (the
-    log-prob is then that of the untempered softmax)."""
+    log-prob is then that of the untempered softmax). With ``row_generators`` (one CPU
+    generator per row) each row samples by Gumbel-max from its own noise, independent of the
+    other rows; otherwise all rows draw from ``generator`` (or the global RNG)."""
     logits = logits.float()
     if params.temperature <= 0:
         tok = logits.argmax(-1)
@@ -84,7 +93,11 @@ def sample_tokens(logits: Tensor, params: SamplingParams, generator: torch.Gener
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     logp = torch.log_softmax(logits, -1)
-    tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+    if row_generators is not None:
+        u = torch.stack([torch.rand(V, generator=g) for g in row_generators]).clamp_(min=1e-30)
+        tok = (logp - torch.log(-torch.log(u)).to(logp.device)).argmax(-1)
+    else:
+        tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
     return tok, logp.gather(1, tok[:, None]).squeeze(1)
 
 
@@ -104,11 +117,14 @@ class HFBackend(RolloutBackend):
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams,
-                 generator: torch.Generator | None = None) -> Rollout:
+                 generator: torch.Generator | None = None, row_offset: int = 0) -> Rollout:
         t0 = time.perf_counter()
-        if generator is None:  # drawn from the global RNG, so checkpointed RNG state replays it
-            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+        # one draw from the caller's RNG (the global one by default, so a checkpointed RNG
+        # state replays it), then a generator per sample keyed by its global row number
+        base = int(torch.randint(0, 2**62, (1,), generator=generator))
         rows = [p for p in prompt_ids for _ in range(max(1, params.n))]
+        gens = [torch.Generator().manual_seed((base + 1_000_003 * (row_offset + i)) % 2**63)
+                for i in range(len(rows))]
         comps: list[list[int]] = []
         logps: list[list[float]] = []
         fins: list[bool] = []
@@ -116,7 +132,7 @@ class HFBackend(RolloutBackend):
         self.model.eval()
         try:
             for i in range(0, len(rows), self.batch_size):
-                c, lp, f = self._decode(rows[i:i + self.batch_size], params, generator)
+                c, lp, f = self._decode(rows[i:i + self.batch_size], params, gens[i:i + self.batch_size])
                 comps += c
                 logps += lp
                 fins += f
@@ -131,7 +147,7 @@ class HFBackend(RolloutBackend):
         cut = min((text.find(s) for s in stop if s and s in text), default=-1)
         return text[:cut] if cut >= 0 else text
 
-    def _decode(self, rows: list[list[int]], params: SamplingParams, generator):
+    def _decode(self, rows: list[list[int]], params: SamplingParams, gens: list[torch.Generator]):
         model, device = self.model, next(self.model.parameters()).device
         B = len(rows)
         if any(len(r) == 0 for r in rows):
@@ -155,8 +171,9 @@ class HFBackend(RolloutBackend):
         stop = [s for s in params.stop if s]
         tail = max((len(s) for s in stop), default=0) + 8
         for step in range(params.max_new_tokens):
-            tok, lp = sample_tokens(logits, params, generator)
-            tok_l, lp_l, live_l = tok.tolist(), lp.tolist(), live.tolist()
+            live_l = live.tolist()
+            tok, lp = sample_tokens(logits, params, row_generators=[gens[b] for b in live_l])
+            tok_l, lp_l = tok.tolist(), lp.tolist()
             done = torch.isin(tok, eos)
             done_l = done.tolist()
             for j, b in enumerate(live_l):

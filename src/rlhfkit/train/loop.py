@@ -61,10 +61,10 @@ class Recipe:
 class MetricsLog:
     """Append-only JSONL of metrics (+ TensorBoard when available)."""
 
-    def __init__(self, path: str, tensorboard: bool = True):
-        self.path = path
+    def __init__(self, path: str, tensorboard: bool = True, enabled: bool = True):
+        self.path, self.enabled = path, enabled  # only the main process writes
         self.tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(os.path.join(os.path.dirname(path), "tensorboard"))
@@ -73,7 +73,7 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop records written after the checkpoint (no duplicates, no gaps)."""
-        if not os.path.exists(self.path):
+        if not self.enabled or not os.path.exists(self.path):
             return
         with open(self.path) as f:
             keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
@@ -81,6 +81,8 @@ class MetricsLog:
             f.writelines(keep)
 
     def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
         rec = {"step": step, **{k: (round(v, 8) if isinstance(v, float) else v)
                                 for k, v in metrics.items()}}
         with open(self.path, "a") as f:
@@ -135,8 +137,16 @@ class Trainer:
             raise TrainingError(f"train.best_mode must be 'max' or 'min', got '{cfg.best_mode}'")
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         torch.manual_seed(cfg.seed)
+        # data parallel: train.batch_size is per process; a global micro-batch of
+        # batch_size x world examples is split between the processes
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         n = len(recipe.examples)
-        self.micro_per_epoch = math.ceil(n / cfg.batch_size)
+        per_micro = cfg.batch_size * self.world
+        self.micro_per_epoch = math.ceil(n / per_micro)
+        if self.world > 1 and n - (self.micro_per_epoch - 1) * per_micro < self.world:
+            self.micro_per_epoch -= 1  # a tail too short to give every process an example
+            if self.micro_per_epoch == 0:
+                raise TrainingError(f"{n} training examples cannot be split between {self.world} processes")
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
             1, math.ceil(cfg.epochs * self.micro_per_epoch / cfg.grad_accum))
         params = [p for p in recipe.model.parameters() if p.requires_grad]
@@ -146,9 +156,12 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
         self.model, self.optimizer = self.accelerator.prepare(recipe.model, self.optimizer)
+        if not self.accelerator.is_main_process:
+            self.log = lambda *a: None  # one process speaks
         os.makedirs(cfg.output_dir, exist_ok=True)
         self.ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
-        self.metrics = MetricsLog(os.path.join(cfg.output_dir, "metrics.jsonl"), cfg.tensorboard)
+        self.metrics = MetricsLog(os.path.join(cfg.output_dir, "metrics.jsonl"), cfg.tensorboard,
+                                  enabled=self.accelerator.is_main_process)
 
     # ------------------------------------------------------------------ data order
     def _indices(self, k: int, perms: dict | None = None) -> list[int]:
@@ -160,7 +173,28 @@ class Trainer:
             perm = torch.randperm(len(self.recipe.examples), generator=g).tolist()
             if perms is not None:
                 perms[epoch] = perm
-        return perm[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
+        per_micro = self.cfg.batch_size * self.world
+        idx = perm[i * per_micro:(i + 1) * per_micro]
+        if self.world == 1:
+            return idx
+        q, r = divmod(len(idx), self.world)  # this process's share, as even as it can be
+        lo = self.rank * q + min(self.rank, r)
+        return idx[lo:lo + q + (self.rank < r)]
+
+    def _global_indices(self, k: int, perms: dict) -> list[int]:
+        epoch, i = divmod(k, self.micro_per_epoch)
+        if epoch not in perms:
+            self._indices(k, perms)
+        per_micro = self.cfg.batch_size * self.world
+        return perms[epoch][i * per_micro:(i + 1) * per_micro]
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Sums over the processes (the values themselves with one process)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
 
     def visited_examples(self) -> list[int]:
         """Indices of the examples the run will train on, in file order (all of them unless
@@ -169,7 +203,7 @@ class Trainer:
         if n_micro >= self.micro_per_epoch:
             return list(range(len(self.recipe.examples)))
         perms: dict = {}
-        return sorted({j for k in range(n_micro) for j in self._indices(k, perms)})
+        return sorted({j for k in range(n_micro) for j in self._global_indices(k, perms)})
 
     def micro_batch(self, k: int):
         idx = self._indices(k)
@@ -205,16 +239,20 @@ class Trainer:
             return
         self.recipe.state["best_value"] = v
         path = os.path.join(cfg.output_dir, "best")
-        self.recipe.save(self.accelerator.unwrap_model(self.model), path)
-        with open(os.path.join(cfg.output_dir, "best.json"), "w") as f:
-            json.dump({"step": step, "metric": key, "value": v}, f)
-        self.log(f"[{self.recipe.name}] best {key}={v:.4g} at step {step}: saved {path}")
+        if self.accelerator.is_main_process:
+            self.recipe.save(self.accelerator.unwrap_model(self.model), path)
+            with open(os.path.join(cfg.output_dir, "best.json"), "w") as f:
+                json.dump({"step": step, "metric": key, "value": v}, f)
+            self.log(f"[{self.recipe.name}] best {key}={v:.4g} at step {step}: saved {path}")
+        self.accelerator.wait_for_everyone()
 
     def _save(self, step: int) -> None:
-        save_checkpoint(self.ckpt_dir, step, model=self.accelerator.unwrap_model(self.model),
-                        optimizer=self.optimizer, scheduler=self.scheduler,
-                        state={"total_steps": self.total_steps}, extra=self.recipe.state,
-                        keep=self.cfg.save_total_limit)
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.ckpt_dir, step, model=self.accelerator.unwrap_model(self.model),
+                            optimizer=self.optimizer, scheduler=self.scheduler,
+                            state={"total_steps": self.total_steps}, extra=self.recipe.state,
+                            keep=self.cfg.save_total_limit)
+        self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
@@ -232,7 +270,7 @@ class Trainer:
                 start = state["step"]
                 self.metrics.truncate_after(start)
                 self.log(f"[{self.recipe.name}] resumed from {path} (step {start}/{self.total_steps})")
-        elif os.path.exists(self.metrics.path):
+        elif os.path.exists(self.metrics.path) and acc.is_main_process:
             os.remove(self.metrics.path)  # a fresh run starts a fresh metrics file
         first_eval = last_eval = self.evaluate(0) if start == 0 else {}
         end = self.total_steps
@@ -268,8 +306,9 @@ class Trainer:
                 bar.close()
         final_eval = self.evaluate(end) if start < end or not last_eval else last_eval
         self._save(end)
-        if self.recipe.save is not None:
+        if self.recipe.save is not None and acc.is_main_process:
             self.recipe.save(acc.unwrap_model(self.model), os.path.join(cfg.output_dir, "final"))
+        acc.wait_for_everyone()
         self.metrics.close()
         return {"initial": first_eval, "final": final_eval}
 
@@ -300,6 +339,9 @@ class Trainer:
             rec["train/tokens_per_s"] = tokens / dt
         else:
             rec["train/update_tokens"] = float(tokens)  # tokens through forward+backward this step
+        if self.world > 1 and extra:  # rollout metrics of each shard: mean over processes
+            keys = sorted(k for k, v in extra.items() if isinstance(v, (int, float)))
+            extra = dict(zip(keys, (v / self.world for v in self.all_sum([float(extra[k]) for k in keys]))))
         rec.update(extra)
         rec.setdefault("train/updates", float(len(recs)))
         if self.recipe.on_step_end is not None:
@@ -318,7 +360,7 @@ class Trainer:
         """
         acc = self.accelerator
         counts = [float(self.recipe.count(b)) for b in batches]
-        total = sum(counts)
+        total = self.all_sum([sum(counts)])[0]  # items of the whole step, every process
         if total <= 0:
             raise TrainingError(f"step {step + 1}: the batch holds nothing to train on")
         loss_total, sums, weights = 0.0, {}, {}
@@ -328,12 +370,14 @@ class Trainer:
             loss_sum, m = out[0], out[1]
             loss = loss_sum / total
             if len(out) > 2 and out[2] is not None:
-                loss = loss + out[2]
+                loss = loss + out[2] / self.world  # already a mean: average it over processes
+            # data parallel averages gradients over processes; scaling by the process count
+            # makes the update the gradient of (sum over every process) / total
+            acc.backward(loss * self.world if self.world > 1 else loss)
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; stopping. "
                                     f"The last good checkpoint is in {self.ckpt_dir}; lower the "
                                     "learning rate or check the data")
-            acc.backward(loss)
             loss_total += float(loss.detach())
             tokens += getattr(b, "num_real_tokens", 0)
             for k, v in m.items():  # metrics weighted by each micro-batch's item count
@@ -350,6 +394,8 @@ class Trainer:
                                 f"good checkpoint is in {self.ckpt_dir}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        rec = {"train/loss": loss_total, "train/grad_norm": gnorm, "_tokens": tokens}
-        rec.update({f"train/{k}": sums[k] / weights[k] for k in sums})
+        keys = sorted(sums)
+        red = self.all_sum([loss_total, float(tokens)] + [sums[k] for k in keys] + [weights[k] for k in keys])
+        rec = {"train/loss": red[0], "train/grad_norm": gnorm, "_tokens": red[1]}
+        rec.update({f"train/{k}": red[2 + i] / red[2 + len(keys) + i] for i, k in enumerate(keys)})
         return rec

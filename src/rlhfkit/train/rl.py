@@ -118,7 +118,9 @@ class OnlineRL:
         if "kl_ctl" in self.state:  # the controller's value as checkpointed (resume-safe)
             self.kl_ctl.load_state_dict(self.state["kl_ctl"])
         t0 = time.perf_counter()
-        ro = self.backend.generate([ex.prompt for ex in exs], self.sampling)
+        # this process's prompts are rows [rank * P, (rank + 1) * P) of the global batch
+        ro = self.backend.generate([ex.prompt for ex in exs], self.sampling,
+                                   row_offset=dist_rank() * len(exs) * self.G)
         t_gen = time.perf_counter() - t0
         res = self.score(exs, ro.texts, self.G)
         scores = torch.tensor(res.total, dtype=torch.float32)
@@ -208,9 +210,9 @@ class OnlineRL:
         values = flat_val.view(N, T) if flat_val is not None else None
         adv, returns = compute_advantages(cfg.advantage, AdvantageInputs(
             mask=mask, scores=seq_scores, group_size=G, token_rewards=token_rewards, values=values,
-            gamma=cfg.gamma, lam=cfg.lam, scale=cfg.scale_rewards))
+            gamma=cfg.gamma, lam=cfg.lam, scale=cfg.scale_rewards, reduce=dist_sum()))
         if cfg.advantage == "gae" and cfg.whiten_advantages:
-            adv = masked_whiten(adv, umask)
+            adv = masked_whiten(adv, umask, reduce=dist_sum())
         if values is not None:
             var_r = masked_var(returns, umask)
             m["ppo/explained_variance"] = float(1 - masked_var(returns - values, umask) / var_r) if var_r > 0 else 0.0
@@ -354,6 +356,26 @@ class OnlineRL:
                     n += b.num_sequences
                 res["sampled/kl"] = total / max(n, 1)
         return res
+
+
+def dist_sum():
+    """A sum over data-parallel processes (None with one process): advantage statistics
+    such as REINFORCE++'s batch normalisation and PPO's whitening then cover the global batch."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+            torch.distributed.get_world_size() == 1:
+        return None
+
+    def reduce(t: Tensor) -> Tensor:
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+        return t
+    return reduce
+
+
+def dist_rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
 
 
 def masked_var(x: Tensor, mask: Tensor) -> float:
