@@ -12,28 +12,35 @@ def run(capsys, *argv):
     return code, err
 
 
-@pytest.fixture
-def pairs(tmp_path):
-    return write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Q", "chosen": " a", "rejected": " b"}])
-
-
 CASES = {
     "unknown key": (["--train.lrr", "1"], "unknown config key 'train.lrr'"),
     "wrong type": (["--train.batch_size", "many"], "config key 'train.batch_size' expects int"),
     "missing data file": (["--data.path", "nope/missing.jsonl"], "data file not found"),
     "missing model": (["--model.name", "./no-such-model"], "model directory not found"),
     "missing config": (["--config", "nope.yaml"], "config file not found"),
-    "no data": (["--data.path", ""], "no training data"),
+    "bad choice": (["--train.lr_scheduler", "wavy"], "train.lr_scheduler must be cosine|linear|constant"),
+    "negative lr": (["--train.lr", "-1"], "train.lr must be >= 0"),
+    "bad warmup": (["--train.warmup_ratio", "2"], "train.warmup_ratio must be in [0, 1]"),
 }
+DATA_KIND = {"sft": "sft", "rm": "pairs", "dpo": "pairs", "kto": "pairs", "grpo": "prompts", "ppo": "prompts"}
 
 
+@pytest.fixture
+def data(tmp_path):
+    return {"sft": write_jsonl(tmp_path / "s.jsonl", [{"prompt": "Q", "completion": " a"}]),
+            "pairs": write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Q", "chosen": " a", "rejected": " b"}]),
+            "prompts": write_jsonl(tmp_path / "q.jsonl", [{"prompt": "What is 1 + 1?", "answer": "2"}])}
+
+
+@pytest.mark.parametrize("command", list(DATA_KIND))
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_one_line(capsys, tiny_dir, pairs, name):
+def test_bad_input_one_line(capsys, tiny_dir, data, tmp_path, command, name):
     extra, msg = CASES[name]
-    base = ["--model.name", tiny_dir, "--data.path", pairs, "--train.progress", "false"]
-    code, err = run(capsys, "rm", *base, *extra)
+    base = ["--model.name", tiny_dir, "--data.path", data[DATA_KIND[command]], "--train.progress", "false",
+            "--train.max_steps", "1", "--train.output_dir", str(tmp_path / "out")]
+    code, err = run(capsys, command, *base, *extra)
     assert code == 2
-    assert len(err) == 1 and msg in err[0], err
+    assert len(err) == 1 and err[0].startswith(f"rlhfkit {command}: error: ") and msg in err[0], err
     assert "Traceback" not in "\n".join(err)
 
 

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import TrainConfig
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
@@ -97,9 +97,26 @@ class MetricsLog:
             self.tb.close()
 
 
+def check_train_config(cfg: TrainConfig) -> None:
+    """Reject impossible training settings before anything is loaded."""
+    checks = [("lr", cfg.lr >= 0, ">= 0"), ("weight_decay", cfg.weight_decay >= 0, ">= 0"),
+              ("warmup_ratio", 0 <= cfg.warmup_ratio <= 1, "in [0, 1]"), ("epochs", cfg.epochs > 0, "> 0"),
+              ("max_steps", cfg.max_steps >= 0, ">= 0"), ("batch_size", cfg.batch_size >= 1, ">= 1"),
+              ("grad_accum", cfg.grad_accum >= 1, ">= 1"), ("max_grad_norm", cfg.max_grad_norm >= 0, ">= 0"),
+              ("eval_steps", cfg.eval_steps >= 0, ">= 0"), ("save_steps", cfg.save_steps >= 0, ">= 0"),
+              ("save_total_limit", cfg.save_total_limit >= 1, ">= 1"), ("threads", cfg.threads >= 0, ">= 0"),
+              ("logprob_chunk", cfg.logprob_chunk >= 1, ">= 1"), ("pack_length", cfg.pack_length >= 0, ">= 0"),
+              ("lr_scheduler", cfg.lr_scheduler in ("cosine", "linear", "constant"), "cosine|linear|constant"),
+              ("best_mode", cfg.best_mode in ("max", "min"), "'max' or 'min'")]
+    for key, ok, want in checks:
+        if not ok:
+            raise ConfigError(f"train.{key} must be {want}, got {getattr(cfg, key)!r}")
+
+
 def start_run(cfg: TrainConfig) -> None:
     """Before a recipe builds anything: seed, and the CPU thread count (so reference
     precomputation and rollouts already run with ``train.threads``)."""
+    check_train_config(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -131,10 +148,7 @@ class Trainer:
         self.cfg, self.recipe, self.log = cfg, recipe, log
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        if cfg.batch_size < 1 or cfg.grad_accum < 1:
-            raise TrainingError("train.batch_size and train.grad_accum must be >= 1")
-        if cfg.best_mode not in ("max", "min"):
-            raise TrainingError(f"train.best_mode must be 'max' or 'min', got '{cfg.best_mode}'")
+        check_train_config(cfg)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         torch.manual_seed(cfg.seed)
         # data parallel: train.batch_size is per process; a global micro-batch of
