@@ -1,7 +1,7 @@
 """Data parallel on CPU (gloo, 2 processes launched by torch.distributed.run): 2 processes x
 batch b give the same loss curve as 1 process x batch 2b, for SFT, DPO and GRPO (whose
 rollouts are batch-invariant, so each process samples exactly what the single process
-sampled for the same prompts)."""
+sampled for the same prompts); RM, KTO and PPO too."""
 
 import json
 import os
@@ -40,17 +40,19 @@ def env(tmp_path_factory):
         [str(d)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
 
 
-@pytest.mark.parametrize("recipe", ["sft", "dpo", "grpo"])
+@pytest.mark.parametrize("recipe", ["sft", "rm", "dpo", "kto", "grpo", "ppo"])
 def test_two_processes_match_one_with_twice_the_batch(recipe, tiny_dir, tmp_path, env):
     probs = make_problems(32, seed=3)
     if recipe == "sft":
         args = ["sft", "--data.path", write_jsonl(tmp_path / "d.jsonl", sft_rows(probs))]
-    elif recipe == "dpo":
-        args = ["dpo", "--data.path", write_jsonl(tmp_path / "d.jsonl", preference_rows(probs, seed=0))]
+    elif recipe in ("rm", "dpo", "kto"):
+        args = [recipe, "--data.path", write_jsonl(tmp_path / "d.jsonl", preference_rows(probs, seed=0))]
+        args += ["--norm_rows", "8"] if recipe == "rm" else []
     else:  # a reward with spread (response length) so the updates are not all zero
-        args = ["grpo", "--task", "arithmetic", "--task_size", "16", "--task_eval_size", "0",
+        args = [recipe, "--task", "arithmetic", "--task_size", "16", "--task_eval_size", "0",
                 "--rewards", "fn:ddp_rewards:length", "--rollout.num_generations", "2",
                 "--rollout.max_new_tokens", "6", "--kl_coef", "0.05", "--eval_samples", "0"]
+        args += ["--num_minibatches", "1"] if recipe == "ppo" else []
     args += ["--model.name", str(tiny_dir)] + COMMON
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     launch(1, args + ["--train.output_dir", one, "--train.batch_size", "4"], env)
@@ -58,7 +60,7 @@ def test_two_processes_match_one_with_twice_the_batch(recipe, tiny_dir, tmp_path
     a, b = curve(one), curve(two)
     assert len(a) == len(b) == 3
     assert b == pytest.approx(a, abs=1e-5)
-    if recipe == "grpo":  # the same samples were drawn: same rewards and KL on every step
+    if recipe in ("grpo", "ppo"):  # the same samples were drawn: same rewards and KL on every step
         assert curve(two, "rollout/reward") == pytest.approx(curve(one, "rollout/reward"), abs=1e-9)
         assert curve(two, "rollout/kl") == pytest.approx(curve(one, "rollout/kl"), abs=1e-5)
         assert any(abs(x) > 1e-5 for x in a)  # the check compares real updates

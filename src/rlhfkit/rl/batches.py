@@ -32,21 +32,33 @@ class RLBatch:
 
 
 class PolicyWithCritic(nn.Module):
-    """The trained pair of PPO: the policy and a separate critic with a scalar head."""
+    """The trained pair of PPO: the policy and a separate critic with a scalar head.
+
+    Under data parallel each part gets its own wrapper (``wrap_parts``), since each is called
+    on its own; the wrappers share the parts' parameters and are not registered as
+    submodules, so checkpoints keep the plain parameter names."""
 
     def __init__(self, policy, critic):
         super().__init__()
         self.policy, self.critic = policy, critic
+        self._wrapped: tuple | None = None
+
+    def wrap_parts(self, wrap) -> None:
+        object.__setattr__(self, "_wrapped", (wrap(self.policy), wrap(self.critic)))
 
 
 def policy_of(model):
     m = model.module if hasattr(model, "module") else model
-    return m.policy if isinstance(m, PolicyWithCritic) else model
+    if isinstance(m, PolicyWithCritic):
+        return m._wrapped[0] if m._wrapped else m.policy
+    return model
 
 
 def critic_of(model):
     m = model.module if hasattr(model, "module") else model
-    return m.critic if isinstance(m, PolicyWithCritic) else None
+    if isinstance(m, PolicyWithCritic):
+        return m._wrapped[1] if m._wrapped else m.critic
+    return None
 
 
 def token_values(critic, batch: Batch) -> Tensor:

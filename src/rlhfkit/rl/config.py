@@ -3,6 +3,7 @@ validation; see :mod:`rlhfkit.train.rl` for what the keys drive."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from ..config import DataConfig, ModelConfig, TrainConfig
@@ -159,5 +160,16 @@ def validate(cfg: RLConfig) -> None:
                           f"({prompts} = train.batch_size x train.grad_accum)")
     if cfg.monitor.window < 1:
         raise ConfigError("monitor.window must be >= 1")
+    if cfg.ptx_coef > 0 and _world_size() > 1:
+        raise ConfigError("PPO-ptx (ptx_coef > 0) runs a second policy forward per update, which "
+                          "data-parallel training does not support yet; run it in one process")
     if cfg.ptx_coef > 0 and not cfg.ptx_path:
         raise ConfigError("ptx_coef > 0 needs ptx_path (SFT rows to mix in)")
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))

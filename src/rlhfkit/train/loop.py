@@ -169,7 +169,11 @@ class Trainer:
         groups = recipe.param_groups(recipe.model) if recipe.param_groups else params
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
-        self.model, self.optimizer = self.accelerator.prepare(recipe.model, self.optimizer)
+        if self.world > 1 and hasattr(recipe.model, "wrap_parts"):  # parts called separately
+            recipe.model.wrap_parts(self.accelerator.prepare_model)
+            self.model, self.optimizer = recipe.model, self.accelerator.prepare_optimizer(self.optimizer)
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(recipe.model, self.optimizer)
         if not self.accelerator.is_main_process:
             self.log = lambda *a: None  # one process speaks
         os.makedirs(cfg.output_dir, exist_ok=True)

@@ -237,6 +237,11 @@ class OnlineRL:
                 rb.count = self._count(rb)
                 rbs.append(rb)
             tokens = sum(float(rb.mask.sum()) for rb in rbs)
+            red = dist_sum()
+            if red is not None:  # the value loss is a mean over the update's tokens on every
+                # process; the loop averages recipe-normalised terms over processes, hence / world
+                world = torch.distributed.get_world_size()
+                tokens = float(red(torch.tensor([tokens], dtype=torch.float64))[0]) / world
             for rb in rbs:
                 rb.update_tokens = max(tokens, 1.0)
             if self.ptx_dataset():
@@ -450,10 +455,10 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
                 {"params": [p for p in critic.parameters() if p.requires_grad],
                  "lr": cfg.critic.lr or cfg.train.lr}]
 
-    def save(m, path):
-        save_model(policy_of(m), tokenizer, path, cfg.model.lora, cfg)
-        c = critic_of(m)
-        if c is not None:
+    def save(m, path):  # the plain parts, not their data-parallel wrappers
+        save_model(model, tokenizer, path, cfg.model.lora, cfg)
+        if critic is not None:
+            c = critic
             save_model(c, tokenizer, os.path.join(os.path.dirname(path), "critic"), cfg.model.lora)
 
     gold = [n for n, w in zip(rewards.names, rewards.weights) if w == 0]
