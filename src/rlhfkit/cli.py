@@ -17,6 +17,8 @@ COMMANDS = {
              "RLOO, REINFORCE++ (advantage)"),
     "ppo": ("rlhfkit.train.rl", "PPOConfig", "PPO with a critic, a reward model/verifier and a KL-penalised "
             "reward (GAE, clipped surrogate and value loss, PPO-ptx)"),
+    "eval": ("rlhfkit.evaluate", "EvalConfig", "evaluate a policy (rewards, win-rate vs a reference with a "
+             "95% CI, KL, length, verifier accuracy) or a reward model (pair accuracy, calibration)"),
 }
 
 
@@ -117,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rlhfkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,241 @@
+"""``rlhfkit eval``: did alignment work, and by how much?
+
+Two modes, chosen by the config:
+
+* **policy** (default): generate responses from ``model`` (and from ``reference`` when set)
+  for a prompt set — a data file or the built-in arithmetic task — score them with the
+  configured reward sources (reward models, verifiers, user functions), and report per
+  source the mean for each model, the **win-rate** of the policy over the reference (ties
+  count ½) with a 95 % confidence interval, the mean **KL** to the reference on the policy's
+  own responses, and response lengths. Every response and score goes to ``samples.jsonl``.
+* **reward model** (``reward_model: PATH``): score held-out preference pairs and report pair
+  accuracy, mean margin and **calibration**: each pair in both orders gives a predicted
+  probability σ(r_a − r_b) of a winning, binned into a reliability table (predicted vs
+  observed frequency per bin) with the expected calibration error.
+
+Results go to ``output_dir/eval.json`` and a printed table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import torch
+
+from .config import DataConfig, LoraConfig, ModelConfig
+from .data.collate import collate
+from .data.pipeline import load_examples, load_records
+from .data.tokenize import Example, tokenize_records
+from .errors import ConfigError
+from .models.forward import completion_logprobs
+from .models.loading import load_model
+from .rewards.base import RewardConfig, build_rewards, reward_config_from
+from .rl.config import RolloutConfig
+from .rl.rollout import HFBackend, SamplingParams
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    """The policy to evaluate."""
+    reference: str = ""
+    """Model to compare against (win-rate, KL); empty = report the policy alone."""
+    reward_model: str = ""
+    """Evaluate this reward model on preference pairs instead of a policy."""
+    data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(max_length=1024, max_prompt_length=512))
+    task: str = ""
+    """'arithmetic' = the built-in task's problems instead of a data file."""
+    task_size: int = 64
+    task_seed: int = 1234
+    """Seed of the generated problems (pick one your training did not use)."""
+    rewards: list[RewardConfig] = dataclasses.field(default_factory=list)
+    """Judges: reward models, verifiers, functions (same forms as the RL recipes)."""
+    rollout: RolloutConfig = dataclasses.field(default_factory=lambda: RolloutConfig(
+        num_generations=1, max_new_tokens=64, temperature=0.0))
+    """Sampling of the evaluated responses (default greedy, one per prompt)."""
+    bins: int = 10
+    """Reliability-table bins (reward-model mode)."""
+    batch_size: int = 16
+    output_dir: str = "runs/eval"
+    threads: int = 0
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------ pure statistics
+def win_rate(policy: list[float], reference: list[float]) -> dict:
+    """Mean of 1 (policy scores higher) / ½ (tie) / 0, with a normal 95 % interval."""
+    if len(policy) != len(reference) or not policy:
+        raise ValueError("win_rate needs two equally long, non-empty score lists")
+    w = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(policy, reference)]
+    n, m = len(w), sum(w) / len(w)
+    sd = math.sqrt(sum((x - m) ** 2 for x in w) / (n - 1)) if n > 1 else 0.0
+    half = 1.96 * sd / math.sqrt(n)
+    return {"win_rate": m, "ci_low": max(0.0, m - half), "ci_high": min(1.0, m + half), "n": n,
+            "wins": sum(x == 1.0 for x in w), "ties": sum(x == 0.5 for x in w)}
+
+
+def reliability(margins: list[float], bins: int = 10) -> dict:
+    """Calibration of a Bradley-Terry reward model from margins r_chosen − r_rejected.
+
+    Each pair counts in both orders: predicted σ(m) with outcome 1 and σ(−m) with outcome 0.
+    Returns the table (per non-empty bin: range, count, mean predicted, observed frequency)
+    and the expected calibration error Σ (n_b / N) |predicted_b − observed_b|."""
+    preds = [(1 / (1 + math.exp(-m)), 1.0) for m in margins] + [(1 / (1 + math.exp(m)), 0.0) for m in margins]
+    rows, ece, N = [], 0.0, len(preds)
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        sel = [(p, y) for p, y in preds if lo <= p < hi or (b == bins - 1 and p == 1.0)]
+        if not sel:
+            continue
+        mp = sum(p for p, _ in sel) / len(sel)
+        ob = sum(y for _, y in sel) / len(sel)
+        rows.append({"bin": [lo, hi], "n": len(sel), "predicted": mp, "observed": ob})
+        ece += len(sel) / N * abs(mp - ob)
+    return {"table": rows, "ece": ece}
+
+
+# ------------------------------------------------------------------------ policy mode
+def _prompts(cfg: EvalConfig, tok) -> list[Example]:
+    if cfg.task:
+        if cfg.task != "arithmetic":
+            raise ConfigError(f"unknown task '{cfg.task}'; the built-in task is 'arithmetic'")
+        from .tasks.arithmetic import make_problems
+
+        recs = [{"kind": "prompt_only", "row": i, "prompt": p["prompt"], "answer": p["answer"]}
+                for i, p in enumerate(make_problems(cfg.task_size, seed=cfg.task_seed))]
+        return tokenize_records(recs, tok, cfg.data, source="task:arithmetic")
+    if not cfg.data.path:
+        raise ConfigError("eval needs prompts: set data.path (prompt rows) or task=arithmetic")
+    return load_examples(cfg.data, tok, ("prompt_only",))[0]
+
+
+@torch.no_grad()
+def _seq_logps(model, exs: list[Example], comps: list[list[int]], pad_id: int, bs: int) -> list[float]:
+    out = []
+    for i in range(0, len(exs), bs):
+        b = collate([Example(e.row, e.prompt, [c]) for e, c in zip(exs[i:i + bs], comps[i:i + bs])], pad_id=pad_id)
+        lp = completion_logprobs(model, b).seq_logps
+        out += lp[torch.argsort(b.seq_example)].tolist()
+    return out
+
+
+def evaluate_policy(cfg: EvalConfig, log=print) -> dict:
+    rewards = build_rewards([reward_config_from(r) for r in cfg.rewards]) if cfg.rewards else None
+    policy, tok = load_model(cfg.model)
+    policy.eval()
+    exs = _prompts(cfg, tok)
+    k = max(1, cfg.rollout.num_generations)
+    params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                            top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=k, stop=list(cfg.rollout.stop))
+    rows = [ex for ex in exs for _ in range(k)]
+    prompts = [ex.extra.get("prompt") for ex in rows]
+    extras = [{f: v for f, v in ex.extra.items() if f != "prompt"} for ex in rows]
+
+    def sample(model):
+        return HFBackend(model, tok, cfg.batch_size).generate(
+            [ex.prompt for ex in exs], params, generator=torch.Generator().manual_seed(cfg.seed))
+
+    def side(ro) -> dict:
+        res = {"length": sum(len(c) for c in ro.completion_ids) / len(ro.completion_ids)}
+        if rewards is not None:
+            sc = rewards.score(prompts, ro.texts, extras)
+            for msg in sc.errors[:3]:
+                log(f"[eval] {msg}")
+            res["reward"] = sum(sc.total) / len(sc.total)
+            res.update({f"reward/{n}": _mean(v) for n, v in sc.per_source.items()})
+            res["_scores"], res["_per_source"] = sc.total, sc.per_source
+        return res
+
+    ref = None
+    if cfg.reference:  # loaded first: a bad path fails before any generation
+        ref = load_model(dataclasses.replace(cfg.model, name=cfg.reference, lora=LoraConfig()))[0].eval()
+    ro = sample(policy)
+    out = {"n_prompts": len(exs), "samples_per_prompt": k, "policy": side(ro)}
+    ref_ro = None
+    if ref is not None:
+        ref_ro = sample(ref)
+        out["reference"] = side(ref_ro)
+        lp = _seq_logps(policy, rows, ro.completion_ids, tok.pad_token_id, cfg.batch_size)
+        rp = _seq_logps(ref, rows, ro.completion_ids, tok.pad_token_id, cfg.batch_size)
+        out["kl"] = sum(a - b for a, b in zip(lp, rp)) / len(lp)
+        if rewards is not None:
+            out["win_rate"] = win_rate(out["policy"]["_scores"], out["reference"]["_scores"])
+            for name in out["policy"]["_per_source"]:
+                out[f"win_rate/{name}"] = win_rate(out["policy"]["_per_source"][name],
+                                                   out["reference"]["_per_source"][name])["win_rate"]
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    with open(os.path.join(cfg.output_dir, "samples.jsonl"), "w") as f:
+        for i, ex in enumerate(rows):
+            rec = {"row": ex.row, "prompt": prompts[i], "response": ro.texts[i],
+                   "score": out["policy"].get("_scores", [None] * len(rows))[i]}
+            if ref_ro is not None:
+                rec.update(reference_response=ref_ro.texts[i],
+                           reference_score=out["reference"].get("_scores", [None] * len(rows))[i])
+            f.write(json.dumps(rec) + "\n")
+    for s in ("policy", "reference"):
+        if s in out:
+            out[s] = {a: b for a, b in out[s].items() if not a.startswith("_")}
+    if rewards is not None:
+        rewards.close()
+    return out
+
+
+def _mean(vals: list[float]) -> float:
+    ok = [v for v in vals if v == v]
+    return sum(ok) / len(ok) if ok else float("nan")
+
+
+# ------------------------------------------------------------------------ reward-model mode
+def evaluate_reward_model(cfg: EvalConfig, log=print) -> dict:
+    from .rewards.model import RewardModel
+
+    if not cfg.data.path:
+        raise ConfigError("reward-model eval needs preference pairs: set data.path")
+    recs = load_records(cfg.data.path, cfg.data.rows, cfg.data, ("preference",), log)
+    rm = RewardModel.load(cfg.reward_model, max_length=cfg.data.max_length)
+    prompts = [r["prompt"] for r in recs]
+    chosen = rm.score(prompts, [r["chosen"] for r in recs], batch_size=cfg.batch_size)
+    rejected = rm.score(prompts, [r["rejected"] for r in recs], batch_size=cfg.batch_size)
+    margins = [a - b for a, b in zip(chosen, rejected)]
+    acc = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / len(margins)
+    return {"n_pairs": len(recs), "accuracy": acc, "margin": sum(margins) / len(margins),
+            **reliability(margins, cfg.bins)}
+
+
+# ------------------------------------------------------------------------ entry point
+def table(res: dict) -> str:
+    if "accuracy" in res:
+        lines = [f"pairs {res['n_pairs']}  accuracy {res['accuracy']:.3f}  margin {res['margin']:.3f}  "
+                 f"ECE {res['ece']:.3f}", "predicted bin   n   mean predicted   observed"]
+        lines += [f"[{r['bin'][0]:.1f}, {r['bin'][1]:.1f})  {r['n']:4d}   {r['predicted']:.3f}            "
+                  f"{r['observed']:.3f}" for r in res["table"]]
+        return "\n".join(lines)
+    keys = [k for k in res["policy"]]
+    lines = [f"{'metric':24s} {'policy':>10s}" + (f" {'reference':>10s}" if "reference" in res else "")]
+    for k in keys:
+        lines.append(f"{k:24s} {res['policy'][k]:10.4f}" +
+                     (f" {res['reference'].get(k, float('nan')):10.4f}" if "reference" in res else ""))
+    if "win_rate" in res:
+        w = res["win_rate"]
+        lines.append(f"win-rate vs reference    {w['win_rate']:.3f}  (95% CI {w['ci_low']:.3f}-{w['ci_high']:.3f}, "
+                     f"{w['n']} comparisons, {w['ties']} ties)")
+    if "kl" in res:
+        lines.append(f"KL(policy || reference)  {res['kl']:.4f} nats/response (on the policy's responses)")
+    return "\n".join(lines)
+
+
+def run(cfg: EvalConfig, log=print) -> dict:
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    res = evaluate_reward_model(cfg, log) if cfg.reward_model else evaluate_policy(cfg, log)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    path = os.path.join(cfg.output_dir, "eval.json")
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1)
+    print(table(res))
+    log(f"[eval] results: {path}")
+    return res
