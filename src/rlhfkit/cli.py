@@ -17,6 +17,8 @@ COMMANDS = {
              "RLOO, REINFORCE++ (advantage)"),
     "ppo": ("rlhfkit.train.rl", "PPOConfig", "PPO with a critic, a reward model/verifier and a KL-penalised "
             "reward (GAE, clipped surrogate and value loss, PPO-ptx)"),
+    "online-dpo": ("rlhfkit.train.online_dpo", "OnlineDPOConfig", "online / iterative DPO: rounds of "
+                   "sample -> label (verifier, reward model, function) -> DPO update"),
     "eval": ("rlhfkit.evaluate", "EvalConfig", "evaluate a policy (rewards, win-rate vs a reference with a "
              "95% CI, KL, length, verifier accuracy) or a reward model (pair accuracy, calibration)"),
 }

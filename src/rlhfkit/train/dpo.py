@@ -143,12 +143,14 @@ def _sft_reference(model, train: list[Example], collate_fn, cfg: DPOConfig, log)
                          count=lambda b: float(b.tgt_mask.sum())), log).train()
 
 
-def build(cfg: DPOConfig, log=print, model=None, tokenizer=None) -> Trainer:
+def build(cfg: DPOConfig, log=print, model=None, tokenizer=None, examples=None, ref_model=None) -> Trainer:
+    """The DPO trainer. ``examples=(train, evals)`` gives tokenized pairs instead of reading
+    ``cfg.data`` (online DPO); ``ref_model`` a frozen reference for reference=model."""
     if cfg.loss_type != "plackett_luce":
         get_preference_loss(cfg.loss_type)  # an unknown name fails before any model is loaded
     if model is None:
         model, tokenizer = load_model(cfg.model)
-    train, evals = load_examples(cfg.data, tokenizer, PAIR_KINDS, log)
+    train, evals = examples if examples is not None else load_examples(cfg.data, tokenizer, PAIR_KINDS, log)
     if cfg.loss_type != "plackett_luce" and any(len(ex.completions) != 2 for ex in train):
         raise DataError(f"loss_type '{cfg.loss_type}' needs pairs but the data holds ranked lists; "
                         "use loss_type=plackett_luce", source=cfg.data.path)
@@ -158,8 +160,7 @@ def build(cfg: DPOConfig, log=print, model=None, tokenizer=None) -> Trainer:
     ref_needed = cfg.loss_type == "plackett_luce" or needs_reference(cfg.loss_type)
     mode = choose_mode(cfg.reference, needs_reference=ref_needed, lora=cfg.model.lora.r > 0,
                        needs_live=cfg.loss_type == "tdpo")
-    ref_model = None
-    if mode == "model":
+    if mode == "model" and ref_model is None:
         ref_model = load_model(cfg.ref_model)[0] if cfg.ref_model else copy.deepcopy(
             model.get_base_model() if hasattr(model, "get_base_model") else model)
     ref = Reference(mode, policy=model, model=ref_model, chunk=cfg.train.logprob_chunk)
