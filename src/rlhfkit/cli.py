@@ -19,6 +19,8 @@ COMMANDS = {
             "reward (GAE, clipped surrogate and value loss, PPO-ptx)"),
     "online-dpo": ("rlhfkit.train.online_dpo", "OnlineDPOConfig", "online / iterative DPO: rounds of "
                    "sample -> label (verifier, reward model, function) -> DPO update"),
+    "label": ("rlhfkit.label", "LabelConfig", "AI feedback: judge response pairs with an LLM (both orders) "
+              "or reward sources and write preference data"),
     "eval": ("rlhfkit.evaluate", "EvalConfig", "evaluate a policy (rewards, win-rate vs a reference with a "
              "95% CI, KL, length, verifier accuracy) or a reward model (pair accuracy, calibration)"),
 }

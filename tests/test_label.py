@@ -1,0 +1,76 @@
+"""`rlhfkit label`: verdict rules by hand (both orders, ties, inconsistency), and the LM and
+reward judges end to end on tiny models."""
+
+import json
+
+import pytest
+
+from conftest import write_jsonl
+from rlhfkit.config import DataConfig, ModelConfig
+from rlhfkit.errors import ConfigError
+from rlhfkit.label import LabelConfig, judge_pairs, run
+from rlhfkit.tasks.arithmetic import make_problems, preference_rows
+
+
+class FakeJudge:
+    """P(shown-first reply wins): order AB from ``ab``, order BA from ``ba``."""
+
+    def __init__(self, ab, ba):
+        self.calls = [ab, ba]
+
+    def prob_first(self, items):
+        return self.calls.pop(0)
+
+
+def test_verdicts_by_hand():
+    ab = [0.9, 0.2, 0.9, 0.55]   # P(first shown wins) with the pair's first reply shown first
+    ba = [0.3, 0.7, 0.9, 0.45]   # ... with the second reply shown first
+    res = judge_pairs(FakeJudge(ab, ba), ["c"] * 4, ["x"] * 4, ["y"] * 4, tie_margin=0.06)
+    # p = (ab + 1 - ba) / 2 = 0.8, 0.25, 0.5, 0.55
+    assert [round(p, 6) for _, p in res] == [0.8, 0.25, 0.5, 0.55]
+    assert [v for v, _ in res] == [1, 0, "inconsistent", "tie"]
+    res = judge_pairs(FakeJudge(ab, ba), ["c"] * 4, ["x"] * 4, ["y"] * 4, tie_margin=0.0, strict=False)
+    assert [v for v, _ in res] == [1, 0, "tie", 1]  # averaged only: the position-biased pair is a tie
+
+
+def test_lm_judge_on_pairs_counts_everything(tiny_dir, tmp_path):
+    pairs = write_jsonl(tmp_path / "p.jsonl", preference_rows(make_problems(10, seed=1), seed=0))
+    out = tmp_path / "lab" / "pairs.jsonl"
+    stats = run(LabelConfig(data=DataConfig(path=pairs), output=str(out), judge_model=ModelConfig(name=tiny_dir),
+                            consistency="average"))
+    rows = [json.loads(line) for line in open(out)]
+    assert stats["items"] == 10 and stats["kept"] + stats["tie"] + stats["inconsistent"] == 10
+    assert len(rows) == stats["kept"] and stats["inconsistent"] == 0  # average mode never flags
+    assert all({"prompt", "chosen", "rejected", "judge_prob"} <= set(r) for r in rows)
+    assert 0.0 <= stats["agreement_order_averaged"] <= 1.0
+    assert json.load(open(tmp_path / "lab" / "label_stats.json")) == stats
+
+
+def test_reward_judge_agrees_with_a_verifier_labelled_set(tmp_path):
+    probs = make_problems(12, seed=2)
+    rows = [dict(r, answer=p["answer"]) for r, p in zip(preference_rows(probs, seed=0), probs)]
+    pairs = write_jsonl(tmp_path / "p.jsonl", rows)
+    stats = run(LabelConfig(data=DataConfig(path=pairs), output=str(tmp_path / "o.jsonl"), judge="reward",
+                            rewards=["arithmetic"]))
+    assert stats["kept"] == 12 and stats["agreement_with_human"] == 1.0  # chosen = the correct sum
+
+
+def test_bad_settings(tmp_path):
+    with pytest.raises(ConfigError, match="judge must be lm\\|reward"):
+        run(LabelConfig(judge="vibes", data=DataConfig(path="x.jsonl")))
+    with pytest.raises(ConfigError, match="judge=reward needs rewards"):
+        run(LabelConfig(judge="reward", data=DataConfig(path="x.jsonl")))
+
+
+def test_prompts_are_sampled_then_judged(tiny_dir, tmp_path, monkeypatch):
+    (tmp_path / "label_rewards.py").write_text(
+        "def length(prompts, completions, **kw):\n    return [float(len(c)) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    prompts = write_jsonl(tmp_path / "q.jsonl", [{"prompt": f"What is {i} + 1?"} for i in range(6)])
+    out = tmp_path / "o.jsonl"
+    stats = run(LabelConfig(data=DataConfig(path=prompts), output=str(out), judge="reward",
+                            rewards=["fn:label_rewards:length"], policy=tiny_dir, max_new_tokens=8))
+    rows = [json.loads(line) for line in open(out)]
+    assert stats["items"] == 6 and stats["kept"] + stats["tie"] == 6 and "agreement_with_human" not in stats
+    assert all(len(r["chosen"]) > len(r["rejected"]) for r in rows)  # the longer reply wins
