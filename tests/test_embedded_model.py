@@ -61,3 +61,12 @@ def test_quickstart_fast_learns(tmp_path):
         assert r["before"] == r["before"] and r["after"] == r["after"]  # not NaN
     assert (tmp_path / "qs" / "ppo" / "final" / "config.json").exists()
     assert (tmp_path / "qs" / "ppo" / "critic" / "config.json").exists()
+    # the closing evaluation: every trained policy against the starting model
+    for stage in ("sft", "dpo", "ppo"):
+        e = s["eval"][stage]
+        w = e["win_rate"]
+        assert 0 <= w["ci_low"] <= w["win_rate"] <= w["ci_high"] <= 1 and w["n"] == 16
+        assert e["kl"] == e["kl"] and e["policy"]["length"] > 0
+        assert (tmp_path / "qs" / "eval" / stage / "samples.jsonl").exists()
+    assert s["eval"]["sft"]["policy"]["reward/arithmetic"] > s["eval"]["sft"]["reference"]["reward/arithmetic"]
+    assert any(p.endswith(".png") for p in s["plots"])

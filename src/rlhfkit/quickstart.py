@@ -6,8 +6,10 @@ on pairs where the correct answer is preferred over a wrong one; a reward model 
 same kind of pairs (initialised from the SFT model, as in InstructGPT); PPO from the SFT
 model with that reward model as the reward (critic initialised from it, frozen SFT model as
 the KL reference), the verifier's exact match logged beside it as a gold reward (weight 0)
-so reward-model gaming shows. Prints a before/after table and writes everything under the
-output dir.
+so reward-model gaming shows. Then every trained policy (SFT, DPO, PPO) is evaluated against
+the starting model on the held-out problems with ``rlhfkit eval``: win-rate judged by the
+reward model (95 % CI), KL, response length and exact match. Prints both tables, writes PNG
+curves of every stage (when matplotlib is installed) and everything else under the output dir.
 """
 
 from __future__ import annotations
@@ -22,7 +24,24 @@ from .config import DataConfig, ModelConfig, TrainConfig
 from .models.generate import generate_text
 from .models.loading import load_model, load_scalar_model
 from .tasks.arithmetic import is_correct, make_problems, preference_rows, sft_rows
+from . import evaluate
+from .rl.config import RolloutConfig
 from .train import dpo, reward, rl, sft
+
+
+def _plots(out: str, log) -> list[str]:
+    """PNG curves of every stage (skipped, with a note, when matplotlib is missing)."""
+    from .errors import ConfigError
+    from .plot import plot_run
+
+    paths: list[str] = []
+    for stage in ("sft", "dpo", "rm", "ppo"):
+        try:
+            paths += plot_run(os.path.join(out, stage), "", log=lambda *a: None)
+        except ConfigError as e:
+            log(f"[quickstart] no plots: {e}")
+            return []
+    return paths
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> str:
@@ -122,14 +141,35 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
              ("ppo", "KL to the SFT model (sampled, nats/response)", res["initial"]["eval/sampled/kl"],
               res["final"]["eval/sampled/kl"])]
 
+    # Stage 5: every trained policy against the starting model ------------------------------
+    evals = []
+    for stage in ("sft", "dpo", "ppo"):
+        res = evaluate.run(evaluate.EvalConfig(
+            model=ModelConfig(name=f"{out}/{stage}/final"), reference="smollm2-135m",
+            data=DataConfig(path=paths["prompts_eval"], max_length=256),
+            rewards=[f"model:{out}/rm/final", "arithmetic*0"], output_dir=f"{out}/eval/{stage}",
+            rollout=RolloutConfig(num_generations=1, max_new_tokens=48, temperature=0.0)), log=log)
+        evals.append((stage, res))
+    eval_table = ["| policy vs starting model | win-rate (reward model judge, 95% CI) | KL (nats/response) | "
+                  "length (tokens) | exact match | starting model's exact match |", "|---|---|---|---|---|---|"]
+    for stage, r in evals:
+        w = r["win_rate"]
+        eval_table.append(f"| {stage} | {w['win_rate']:.3f} ({w['ci_low']:.3f}–{w['ci_high']:.3f}) | {r['kl']:.3f} | "
+                          f"{r['policy']['length']:.1f} | {r['policy']['reward/arithmetic']:.3f} | "
+                          f"{r['reference']['reward/arithmetic']:.3f} |")
+    plots = _plots(out, log)
+
     wall = time.time() - t0
     table = ["| stage | metric | before | after |", "|---|---|---|---|"]
     table += [f"| {s} | {m} | {b:.3f} | {a:.3f} |" for s, m, b, a in rows]
     summary = {"rows": [dict(stage=s, metric=m, before=b, after=a) for s, m, b, a in rows],
+               "eval": {stage: r for stage, r in evals}, "plots": plots,
                "wall_s": wall, "output_dir": out}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    log("\n" + "\n".join(table))
+    log("\n" + "\n".join(table) + "\n\n" + "\n".join(eval_table))
+    if plots:
+        log(f"[quickstart] curves: {', '.join(sorted(set(os.path.dirname(p) for p in plots)))}")
     log(f"\n[quickstart] done in {wall:.0f} s; models in {out}/sft/final, {out}/rm/final and "
         f"{out}/ppo/final, "
         f"metrics in {out}/*/metrics.jsonl, summary in {out}/summary.json")
