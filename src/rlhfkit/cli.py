@@ -22,7 +22,8 @@ COMMANDS = {
     "label": ("rlhfkit.label", "LabelConfig", "AI feedback: judge response pairs with an LLM (both orders) "
               "or reward sources and write preference data"),
     "eval": ("rlhfkit.evaluate", "EvalConfig", "evaluate a policy (rewards, win-rate vs a reference with a "
-             "95% CI, KL, length, verifier accuracy) or a reward model (pair accuracy, calibration)"),
+             "95 percent interval, KL, length, verifier accuracy) or a reward model (pair accuracy, "
+             "calibration)"),
 }
 
 
