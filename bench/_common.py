@@ -261,8 +261,19 @@ def rlhfkit_measure(trainer, model, t_setup: float, steps: int, tokens_of=None) 
     return out
 
 
-def trl_common_args(out: str, args) -> dict:
+def rlhfkit_train_config(a, stage: str, lr: float = 1e-5):
+    """rlhfkit TrainConfig matching :func:`trl_common_args`: constant LR, no warm-up, no
+    progress bar or TensorBoard, a fresh output dir (so no cached reference is reused)."""
+    from rlhfkit.config import TrainConfig
+
+    return TrainConfig(output_dir=tempfile.mkdtemp(prefix=f"rlhfkit-bench-{stage}-out-"), max_steps=a.steps,
+                       batch_size=a.batch_size, lr=lr, lr_scheduler="constant", warmup_ratio=0.0,
+                       progress=False, tensorboard=False, threads=a.threads)
+
+
+def trl_common_args(stage: str, args) -> dict:
     """TrainingArguments both sides agree on: fp32 on CPU, no checkpointing, no eval, no saving."""
+    out = tempfile.mkdtemp(prefix=f"trl-bench-{stage}-out-")
     return dict(output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                 learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1,
                 save_strategy="no", eval_strategy="no", report_to="none", use_cpu=True, bf16=False,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -50,19 +49,16 @@ def gsm8k_reward(completions, answer, **kw):
 
 def rlhfkit_trainer(a):
     """(rlhfkit Trainer built on the bench data, model, seconds spent building it)."""
-    from rlhfkit.config import DataConfig, ModelConfig, TrainConfig
+    from rlhfkit.config import DataConfig, ModelConfig
     from rlhfkit.models.loading import load_model
     from rlhfkit.rl.config import RolloutConfig
     from rlhfkit.train import rl
 
     model, tok = load_model(ModelConfig(name=a.model))
-    out = tempfile.mkdtemp(prefix="rlhfkit-bench-grpo-out-")
     cfg = rl.RLConfig(
         model=ModelConfig(name=a.model),
         data=DataConfig(path=a.data, max_length=512 + a.max_length, max_prompt_length=512),
-        train=TrainConfig(output_dir=out, max_steps=a.steps, batch_size=a.batch_size, lr=1e-6,
-                          lr_scheduler="constant", warmup_ratio=0.0, progress=False, tensorboard=False,
-                          threads=a.threads),
+        train=C.rlhfkit_train_config(a, STAGE, lr=1e-6),
         rollout=RolloutConfig(num_generations=G, max_new_tokens=a.max_length, temperature=1.0),
         rewards=["gsm8k"], kl_coef=0.04, kl_estimator="k3", loss_agg="dapo", num_iterations=1,
         eval_samples=0)
@@ -84,8 +80,7 @@ def trl_child(a) -> None:
     tok = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype="float32")
     ds = load_dataset("json", data_files=a.data, split="train")
-    out = tempfile.mkdtemp(prefix="trl-bench-grpo-out-")
-    args = C.trl_common_args(out, a)
+    args = C.trl_common_args(STAGE, a)
     args.update(per_device_train_batch_size=a.batch_size * G, learning_rate=1e-6)
     cfg = GRPOConfig(**args, num_generations=G, max_completion_length=a.max_length, beta=0.04,
                      temperature=1.0, loss_type="dapo", num_iterations=1)

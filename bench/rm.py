@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -24,18 +23,15 @@ DEFAULTS = dict(steps=16, batch_size=4, max_length=512)
 
 def rlhfkit_trainer(a):
     """(rlhfkit Trainer built on the bench data, model, seconds spent building it)."""
-    from rlhfkit.config import DataConfig, ModelConfig, TrainConfig
+    from rlhfkit.config import DataConfig, ModelConfig
     from rlhfkit.models.loading import load_scalar_model
     from rlhfkit.train import reward
 
     model, tok = load_scalar_model(ModelConfig(name=a.model))
-    out = tempfile.mkdtemp(prefix="rlhfkit-bench-rm-out-")
     cfg = reward.RMConfig(
         model=ModelConfig(name=a.model),
         data=DataConfig(path=a.data, max_length=a.max_length),
-        train=TrainConfig(output_dir=out, max_steps=a.steps, batch_size=a.batch_size, lr=1e-5,
-                          lr_scheduler="constant", warmup_ratio=0.0, progress=False, tensorboard=False,
-                          threads=a.threads))
+        train=C.rlhfkit_train_config(a, STAGE))
     t0 = time.perf_counter()
     trainer = reward.build(cfg, log=lambda *x: None, model=model, tokenizer=tok)
     return trainer, model, time.perf_counter() - t0
@@ -54,8 +50,7 @@ def trl_child(a) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=1, dtype="float32")
     model.config.pad_token_id = tok.pad_token_id
     ds = load_dataset("json", data_files=a.data, split="train")
-    out = tempfile.mkdtemp(prefix="trl-bench-rm-out-")
-    cfg = RewardConfig(**C.trl_common_args(out, a), max_length=a.max_length)
+    cfg = RewardConfig(**C.trl_common_args(STAGE, a), max_length=a.max_length)
     C.emit(**C.trl_measure(lambda: RewardTrainer(model=model, args=cfg, train_dataset=ds,
                                                   processing_class=tok)))
 

@@ -39,3 +39,19 @@ def write_jsonl(path, rows):
         for r in rows:
             f.write(json.dumps(r) + "\n")
     return str(path)
+
+
+LENGTH_REWARD_SRC = "def length(prompts, completions, **kw):\n    return [float(len(c)) for c in completions]\n"
+
+
+@pytest.fixture
+def length_reward(tmp_path, monkeypatch):
+    """``fn:hacking_rewards:length`` (reward = response length in characters), importable here
+    and in spawned workers and subprocesses (sys.path and PYTHONPATH)."""
+    d = tmp_path / "reward_module"
+    d.mkdir()
+    (d / "hacking_rewards.py").write_text(LENGTH_REWARD_SRC)
+    monkeypatch.syspath_prepend(str(d))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(d)] + [p for p in os.environ.get(
+        "PYTHONPATH", "").split(os.pathsep) if p]))
+    return "fn:hacking_rewards:length"

@@ -36,15 +36,6 @@ def test_reliability_by_hand():
     assert r["ece"] == pytest.approx(0.25 * 0.25 + 0.5 * 0.0 + 0.25 * 0.25)
 
 
-@pytest.fixture
-def length_reward(tmp_path, monkeypatch):
-    (tmp_path / "eval_rewards.py").write_text(
-        "def length(prompts, completions, **kw):\n    return [float(len(c)) for c in completions]\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    return "fn:eval_rewards:length"
-
-
 def test_policy_eval_against_itself_and_another_model(tiny_dir, tok, tmp_path, length_reward, capsys):
     same = run(EvalConfig(model=ModelConfig(name=tiny_dir), reference=tiny_dir, task="arithmetic", task_size=6,
                           rewards=["arithmetic", length_reward], output_dir=str(tmp_path / "same")))

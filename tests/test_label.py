@@ -62,15 +62,11 @@ def test_bad_settings(tmp_path):
         run(LabelConfig(judge="reward", data=DataConfig(path="x.jsonl")))
 
 
-def test_prompts_are_sampled_then_judged(tiny_dir, tmp_path, monkeypatch):
-    (tmp_path / "label_rewards.py").write_text(
-        "def length(prompts, completions, **kw):\n    return [float(len(c)) for c in completions]\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+def test_prompts_are_sampled_then_judged(tiny_dir, tmp_path, length_reward):
     prompts = write_jsonl(tmp_path / "q.jsonl", [{"prompt": f"What is {i} + 1?"} for i in range(6)])
     out = tmp_path / "o.jsonl"
     stats = run(LabelConfig(data=DataConfig(path=prompts), output=str(out), judge="reward",
-                            rewards=["fn:label_rewards:length"], policy=tiny_dir, max_new_tokens=8))
+                            rewards=[length_reward], policy=tiny_dir, max_new_tokens=8))
     rows = [json.loads(line) for line in open(out)]
     assert stats["items"] == 6 and stats["kept"] + stats["tie"] == 6 and "agreement_with_human" not in stats
     assert all(len(r["chosen"]) > len(r["rejected"]) for r in rows)  # the longer reply wins

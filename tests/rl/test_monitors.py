@@ -69,15 +69,6 @@ def test_state_survives_a_restart():
     assert rec["monitor/length_ratio"] == pytest.approx(2.5) and new  # baseline kept across the restart
 
 
-@pytest.fixture
-def length_reward(tmp_path, monkeypatch):
-    (tmp_path / "hacking_rewards.py").write_text(
-        "def length(prompts, completions, **kw):\n    return [float(len(c)) for c in completions]\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    return "fn:hacking_rewards:length"
-
-
 def test_length_hacking_reward_trips_the_length_monitor(tiny_dir, tmp_path, length_reward):
     """GRPO on reward = response length (characters). Responses stop at the first 'e', so the
     random policy answers in ~2 tokens; learning to avoid 'e' makes them long, the length

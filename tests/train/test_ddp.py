@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from rlhfkit.tasks.arithmetic import make_problems, preference_rows, sft_rows
-from conftest import write_jsonl
+from conftest import LENGTH_REWARD_SRC, write_jsonl
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gloo launch tested on Linux")
 
@@ -34,8 +34,7 @@ def curve(out, key="train/loss"):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp-helpers")
-    (d / "ddp_rewards.py").write_text(
-        "def length(prompts, completions, **kw):\n    return [float(len(c)) for c in completions]\n")
+    (d / "ddp_rewards.py").write_text(LENGTH_REWARD_SRC)
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [str(d)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
 

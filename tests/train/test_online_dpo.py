@@ -21,15 +21,6 @@ def test_make_pairs_best_vs_worst_and_skips_ties():
     assert [(p.row, p.prompt, p.completions) for p in pairs] == [(0, [1], [[11], [12]])]
 
 
-@pytest.fixture
-def length_reward(tmp_path, monkeypatch):
-    (tmp_path / "odpo_rewards.py").write_text(
-        "def length(prompts, completions, **kw):\n    return [float(len(c)) for c in completions]\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    return "fn:odpo_rewards:length"
-
-
 @pytest.mark.parametrize("reference_update", ["fixed", "refresh"])
 def test_two_rounds_log_each_round(tiny_dir, tmp_path, length_reward, reference_update):
     cfg = online_dpo.OnlineDPOConfig(

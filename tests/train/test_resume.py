@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import write_jsonl
+from conftest import LENGTH_REWARD_SRC, write_jsonl
 from rlhfkit.tasks.arithmetic import make_problems, preference_rows, sft_rows
 
 STEPS = 10
@@ -52,8 +52,7 @@ def test_kill9_and_resume_matches_uninterrupted(recipe, tiny_dir, tmp_path):
             "eval": write_jsonl(tmp_path / "e.jsonl", preference_rows(probs[32:], seed=1)),
             "sft": write_jsonl(tmp_path / "s.jsonl", sft_rows(probs[:32])),
             "sft_eval": write_jsonl(tmp_path / "se.jsonl", sft_rows(probs[32:]))}
-    (tmp_path / "resume_rewards.py").write_text(
-        "def length(prompts, completions, **kw):\n    return [float(len(c)) for c in completions]\n")
+    (tmp_path / "resume_rewards.py").write_text(LENGTH_REWARD_SRC)
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
         [str(tmp_path)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     a, b = tmp_path / "A", tmp_path / "B"
