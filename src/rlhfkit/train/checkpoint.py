@@ -43,13 +43,19 @@ def trainable_state(model) -> dict:
 def save_checkpoint(root: str, step: int, *, model, optimizer, scheduler, state: dict,
                     extra: dict | None = None, keep: int = 2) -> str:
     """Write ``root/step-{step}`` atomically; delete all but the newest ``keep``."""
+    return save_state(root, step, model=model, state=state, keep=keep, states={
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "extra": extra or {}})
+
+
+def save_state(root: str, step: int, *, model, state: dict, states: dict, keep: int = 2) -> str:
+    """Atomic checkpoint of the trainable weights, ``states`` (pickled with the RNG states)
+    and the JSON ``state``, as ``root/step-{step}``; keeps the newest ``keep``."""
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, f"step-{step:06d}")
     tmp = tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=root)
     try:
         save_file(trainable_state(model), os.path.join(tmp, "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(), "extra": extra or {}}, os.path.join(tmp, "states.pt"))
+        torch.save(dict(states, rng=rng_state()), os.path.join(tmp, "states.pt"))
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump(dict(state, step=step), f, indent=1)
         sizes = {n: os.path.getsize(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))}
@@ -98,6 +104,15 @@ def latest_checkpoint(root: str, log=None) -> str | None:
 
 def load_checkpoint(path: str, *, model, optimizer, scheduler) -> tuple[dict, dict]:
     """Restore weights, optimizer, scheduler and RNG; return (trainer state, recipe extra)."""
+    state, states = load_state(path, model=model)
+    optimizer.load_state_dict(states["optimizer"])
+    scheduler.load_state_dict(states["scheduler"])
+    return state, states.get("extra", {})
+
+
+def load_state(path: str, *, model) -> tuple[dict, dict]:
+    """Restore the weights and RNG states of a ``save_state`` checkpoint; return
+    (its JSON state, its pickled states)."""
     weights = load_file(os.path.join(path, "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
@@ -108,8 +123,6 @@ def load_checkpoint(path: str, *, model, optimizer, scheduler) -> tuple[dict, di
         for n, t in weights.items():
             params[n].copy_(t)
     states = torch.load(os.path.join(path, "states.pt"), weights_only=False)
-    optimizer.load_state_dict(states["optimizer"])
-    scheduler.load_state_dict(states["scheduler"])
     set_rng_state(states["rng"])
     with open(os.path.join(path, "trainer_state.json")) as f:
-        return json.load(f), states.get("extra", {})
+        return json.load(f), states

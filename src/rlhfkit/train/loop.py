@@ -281,6 +281,7 @@ class Trainer:
             path = latest_checkpoint(self.ckpt_dir, self.log)
             if path is None:
                 self.log(f"[{self.recipe.name}] resume: no checkpoint in {self.ckpt_dir}; starting fresh")
+                self.metrics.truncate_after(-1)  # records of a run killed before its first checkpoint
             else:
                 state, extra = load_checkpoint(path, model=acc.unwrap_model(self.model),
                                                optimizer=self.optimizer, scheduler=self.scheduler)

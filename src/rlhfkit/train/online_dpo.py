@@ -11,6 +11,11 @@ was when the round started (``refresh``: its log-probs are precomputed, no copy)
 prompts are scored (greedy and sampled) before the first round and after each one; every
 round writes one record to ``output_dir/rounds.jsonl`` and its DPO run to
 ``output_dir/round-N``.
+
+Resume (``train.resume``): after every round the trainable weights, the RNG states and the
+round records are checkpointed atomically in ``output_dir/rounds``. A restarted run loads
+the newest complete one, samples the next round again from the same RNG state (so the same
+pairs), and the round's DPO run resumes from its own checkpoints (``train.save_steps``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ..rewards.base import RewardConfig, build_rewards, reward_config_from
 from ..rl.config import RolloutConfig
 from ..rl.rollout import HFBackend, SamplingParams
 from . import dpo
+from .checkpoint import latest_checkpoint, load_state, save_state
 from .common import save_model
 from .loop import start_run
 
@@ -83,7 +89,8 @@ def make_pairs(exs: list[Example], completions: list[list[int]], scores: list[fl
 
 
 @torch.no_grad()
-def evaluate(model, tok, rewards, evals: list[Example], cfg: OnlineDPOConfig) -> dict:
+def evaluate(model, tok, rewards, evals: list[Example], cfg: OnlineDPOConfig,
+             generator: torch.Generator | None = None) -> dict:
     model.eval()
     be = HFBackend(model, tok, cfg.rollout.batch_size)
     base = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
@@ -91,7 +98,7 @@ def evaluate(model, tok, rewards, evals: list[Example], cfg: OnlineDPOConfig) ->
     g = be.generate([e.prompt for e in evals], dataclasses.replace(base, temperature=0.0, n=1))
     res = {"eval/greedy/reward": sum(_score(rewards, evals, g.texts, 1)) / len(evals)}
     if cfg.eval_samples > 0:
-        s = be.generate([e.prompt for e in evals], dataclasses.replace(base, n=cfg.eval_samples))
+        s = be.generate([e.prompt for e in evals], dataclasses.replace(base, n=cfg.eval_samples), generator)
         sc = _score(rewards, evals, s.texts, cfg.eval_samples)
         res["eval/sampled/reward"] = sum(sc) / len(sc)
     return res
@@ -115,25 +122,39 @@ def run(cfg: OnlineDPOConfig, log=print) -> dict:
         fixed_ref = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
     os.makedirs(cfg.train.output_dir, exist_ok=True)
     log_path = os.path.join(cfg.train.output_dir, "rounds.jsonl")
-    history = []
+    ckpt_root = os.path.join(cfg.train.output_dir, "rounds")
+    history: list[dict] = []
+    done = 0
+    gen = torch.Generator().manual_seed(cfg.train.seed)  # sampling noise of rollouts and evaluation
+    if cfg.train.resume:
+        path = latest_checkpoint(ckpt_root, log)
+        if path is None:
+            log(f"[online-dpo] resume: no round checkpoint in {ckpt_root}; starting fresh")
+        else:
+            state, states = load_state(path, model=unwrap(model))
+            done, history = state["step"], states["history"]
+            gen.set_state(states["generator"])
+            log(f"[online-dpo] resumed from {path} (round {done}/{cfg.rounds})")
+    with open(log_path, "w") as f:  # the records of completed rounds; nothing after them
+        f.writelines(json.dumps(rec) + "\n" for rec in history)
 
     def record(rec):
         history.append(rec)
-        with open(log_path, "w" if len(history) == 1 else "a") as f:
+        with open(log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         log(f"[online-dpo] round {rec['round']}: " + ", ".join(
             f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)))
 
-    if evals:
-        record({"round": 0, **evaluate(model, tok, rewards, evals, cfg)})
+    if evals and not history:
+        record({"round": 0, **evaluate(model, tok, rewards, evals, cfg, gen)})
     n = cfg.rollout.num_generations
     params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                             top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=n, stop=list(cfg.rollout.stop))
-    for r in range(1, cfg.rounds + 1):
+    for r in range(done + 1, cfg.rounds + 1):
         start = ((r - 1) * cfg.prompts_per_round) % len(train)
         exs = [train[(start + i) % len(train)] for i in range(min(cfg.prompts_per_round, len(train)))]
         model.eval()
-        ro = HFBackend(model, tok, cfg.rollout.batch_size).generate([e.prompt for e in exs], params)
+        ro = HFBackend(model, tok, cfg.rollout.batch_size).generate([e.prompt for e in exs], params, gen)
         scores = _score(rewards, exs, ro.texts, n)
         pairs = make_pairs(exs, ro.completion_ids, scores, n)
         rec = {"round": r, "rollout/reward": sum(scores) / len(scores), "pairs": float(len(pairs)),
@@ -142,7 +163,8 @@ def run(cfg: OnlineDPOConfig, log=print) -> dict:
             dcfg = dpo.DPOConfig(model=cfg.model, data=cfg.data, loss_type=cfg.loss_type, beta=cfg.beta,
                                  reference="model" if fixed_ref is not None else "auto",
                                  train=dataclasses.replace(cfg.train, output_dir=os.path.join(
-                                     cfg.train.output_dir, f"round-{r}"), eval_steps=0, save_steps=0))
+                                     cfg.train.output_dir, f"round-{r}"), eval_steps=0,
+                                     resume=r == done + 1 and cfg.train.resume))
             trainer = dpo.build(dcfg, log=log, model=model, tokenizer=tok, examples=(pairs, []),
                                 ref_model=fixed_ref)
             trainer.train()
@@ -155,8 +177,10 @@ def run(cfg: OnlineDPOConfig, log=print) -> dict:
         else:
             log(f"[online-dpo] round {r}: every prompt's responses tie; no pairs, no update")
         if evals:
-            rec.update(evaluate(model, tok, rewards, evals, cfg))
+            rec.update(evaluate(model, tok, rewards, evals, cfg, gen))
         record(rec)
+        save_state(ckpt_root, r, model=unwrap(model), state={"rounds": cfg.rounds},
+                   states={"history": history, "generator": gen.get_state()}, keep=max(1, cfg.train.save_total_limit))
     save_model(model, tok, os.path.join(cfg.train.output_dir, "final"), cfg.model.lora, cfg)
     rewards.close()
     return {"rounds": history}
