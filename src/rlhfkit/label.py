@@ -79,9 +79,9 @@ def reply_text(x) -> str:
 
 
 class LMJudge:
-    def __init__(self, model, tok, rubric: str, max_tokens: int, batch_size: int):
+    def __init__(self, model, tok, rubric: str, max_tokens: int, batch_size: int, log=None):
         self.model, self.tok, self.rubric = model.eval(), tok, rubric
-        self.max_tokens, self.batch_size = max_tokens, batch_size
+        self.max_tokens, self.batch_size, self.log = max_tokens, batch_size, log
         ids = [tok.encode(t, add_special_tokens=False) for t in ("A", "B")]
         if any(len(i) != 1 for i in ids):
             raise ConfigError("the judge's tokenizer does not encode 'A' and 'B' as single tokens")
@@ -113,6 +113,8 @@ class LMJudge:
                                 position_ids=pos.to(device), logits_to_keep=1).logits[:, -1].float()
             two = torch.stack([logits[:, self.a_id], logits[:, self.b_id]], -1)
             out += torch.softmax(two, -1)[:, 0].tolist()
+            if self.log is not None and (i // self.batch_size) % 10 == 9:
+                self.log(f"[label] judged {len(out)}/{len(items)} in this order")
         return out
 
 
@@ -162,7 +164,7 @@ def run(cfg: LabelConfig, log=print) -> dict:
     a = [reply_text(c[0]) for _, c in cands]
     b = [reply_text(c[1]) for _, c in cands]
     if cfg.judge == "lm":
-        verdicts = judge_pairs(LMJudge(judge_model, tok, cfg.rubric, cfg.max_judge_tokens, cfg.batch_size),
+        verdicts = judge_pairs(LMJudge(judge_model, tok, cfg.rubric, cfg.max_judge_tokens, cfg.batch_size, log),
                                convs, a, b, cfg.tie_margin, strict=cfg.consistency == "strict")
     else:
         extras = _extras(cfg, [r for r, _ in cands])
