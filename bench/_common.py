@@ -134,7 +134,9 @@ def base_parser(stage: str, steps: int, batch_size: int, max_length: int) -> arg
     ap.add_argument("--batch_size", type=int, default=batch_size)
     ap.add_argument("--max_length", type=int, default=max_length)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", default="", help="run one side only: rlhfkit | trl")
+    ap.add_argument("--only", default="", help="run one side only: rlhfkit | rlhfkit_gc | trl")
+    ap.add_argument("--gc", action="store_true",
+                    help="also run rlhfkit with model.gradient_checkpointing (a third side: rlhfkit_gc)")
     ap.add_argument("--json", default="", help="append the result record to this JSON list file")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--data", default="", help=argparse.SUPPRESS)
@@ -147,7 +149,7 @@ def compare(stage: str, script: str, args, rows: list[dict], tokens: int, unit: 
     tmp = tempfile.mkdtemp(prefix=f"rlhfkit-bench-{stage}-")
     args.data = write_jsonl(rows, os.path.join(tmp, "data.jsonl"))
     args.model = model_dir()
-    sides = ["trl", "rlhfkit"] if not args.only else [args.only]
+    sides = [args.only] if args.only else ["trl", "rlhfkit"] + (["rlhfkit_gc"] if args.gc else [])
     res = {}
     for impl in sides:
         py = trl_python() if impl == "trl" else sys.executable
@@ -160,7 +162,7 @@ def compare(stage: str, script: str, args, rows: list[dict], tokens: int, unit: 
             extra = f"  achieved={r['achieved_gflops']:.1f} GFLOP/s roofline={r['roofline_gflops']:.1f} GFLOP/s"
         print(f"{stage:5s} {impl:8s} {r['seconds']:8.1f} s (setup {r['setup_s']:.1f})  {r['s_per_' + unit]:7.3f} s/{unit}  "
               f"{r['tokens_per_s']:7.1f} tok/s  peak_rss={r['peak_rss_gb']:.2f} GB{extra}", flush=True)
-    rec = {"stage": stage, "rlhfkit": res.get("rlhfkit"), "trl": res.get("trl"),
+    rec = {"stage": stage, "rlhfkit": res.get("rlhfkit"), "trl": res.get("trl"), "rlhfkit_gc": res.get("rlhfkit_gc"),
            "settings": {"steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length,
                         "threads": args.threads, "real_tokens": tokens, unit + "s": n_units}}
     if "rlhfkit" in res and "trl" in res:
@@ -170,6 +172,12 @@ def compare(stage: str, script: str, args, rows: list[dict], tokens: int, unit: 
         rec["roofline_fraction"] = ours.get("achieved_gflops", 0) / max(ours.get("roofline_gflops", 1), 1e-9)
         print(f"{stage:5s} speedup={rec['speedup']:.2f} memory_ratio={rec['memory_ratio']:.2f} "
               f"roofline_fraction={rec['roofline_fraction']:.2f}", flush=True)
+    if "rlhfkit_gc" in res and "trl" in res:  # the memory-lean setting, against the same TRL run
+        gc, theirs = res["rlhfkit_gc"], res["trl"]
+        rec["gc"] = {"speedup": gc["tokens_per_s"] / theirs["tokens_per_s"],
+                     "memory_ratio": gc["peak_rss_gb"] / theirs["peak_rss_gb"]}
+        print(f"{stage:5s} with gradient checkpointing: speedup={rec['gc']['speedup']:.2f} "
+              f"memory_ratio={rec['gc']['memory_ratio']:.2f}", flush=True)
     if args.json:
         old = json.load(open(args.json)) if os.path.exists(args.json) else []
         old = [o for o in old if o.get("stage") != stage] + [rec]
@@ -183,7 +191,7 @@ def stage_main(mod) -> dict | None:
     a = base_parser(mod.STAGE, **mod.DEFAULTS).parse_args()
     if a.child:
         child_setup(a.threads)
-        return (mod.rlhfkit_child if a.child == "rlhfkit" else mod.trl_child)(a)
+        return (mod.trl_child if a.child == "trl" else mod.rlhfkit_child)(a)
     rows, tokens, n_units = mod.bench_data(a)
     return compare(mod.STAGE, os.path.abspath(mod.__file__), a, rows, tokens, mod.UNIT, n_units)
 
@@ -259,6 +267,13 @@ def rlhfkit_measure(trainer, model, t_setup: float, steps: int, tokens_of=None) 
     if tokens_of is not None:
         out["tokens"] = float(sum(tokens_of(r) for r in recs))
     return out
+
+
+def rlhfkit_model_config(a):
+    """The bench model; the rlhfkit_gc side turns on activation checkpointing."""
+    from rlhfkit.config import ModelConfig
+
+    return ModelConfig(name=a.model, gradient_checkpointing=a.child == "rlhfkit_gc")
 
 
 def rlhfkit_train_config(a, stage: str, lr: float = 1e-5):

@@ -49,14 +49,14 @@ def gsm8k_reward(completions, answer, **kw):
 
 def rlhfkit_trainer(a):
     """(rlhfkit Trainer built on the bench data, model, seconds spent building it)."""
-    from rlhfkit.config import DataConfig, ModelConfig
+    from rlhfkit.config import DataConfig
     from rlhfkit.models.loading import load_model
     from rlhfkit.rl.config import RolloutConfig
     from rlhfkit.train import rl
 
-    model, tok = load_model(ModelConfig(name=a.model))
+    model, tok = load_model(C.rlhfkit_model_config(a))
     cfg = rl.RLConfig(
-        model=ModelConfig(name=a.model),
+        model=C.rlhfkit_model_config(a),
         data=DataConfig(path=a.data, max_length=512 + a.max_length, max_prompt_length=512),
         train=C.rlhfkit_train_config(a, STAGE, lr=1e-6),
         rollout=RolloutConfig(num_generations=G, max_new_tokens=a.max_length, temperature=1.0),

@@ -24,13 +24,13 @@ DEFAULTS = dict(steps=16, batch_size=4, max_length=512)
 
 def rlhfkit_trainer(a):
     """(rlhfkit Trainer built on the bench data, model, seconds spent building it)."""
-    from rlhfkit.config import DataConfig, ModelConfig
+    from rlhfkit.config import DataConfig
     from rlhfkit.models.loading import load_model
     from rlhfkit.train import sft
 
-    model, tok = load_model(ModelConfig(name=a.model))
+    model, tok = load_model(C.rlhfkit_model_config(a))
     cfg = sft.SFTConfig(
-        model=ModelConfig(name=a.model),
+        model=C.rlhfkit_model_config(a),
         data=DataConfig(path=a.data, max_length=a.max_length),
         train=C.rlhfkit_train_config(a, STAGE))
     t0 = time.perf_counter()

@@ -48,6 +48,12 @@ class ModelConfig:
     """Allow model code from the model directory/hub to run (off unless asked)."""
     attn_implementation: str = "sdpa"
     """sdpa | eager | flash_attention_2."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in backward instead of keeping them: much
+    less memory for long sequences and big batches, about a third more compute."""
+    gradient_checkpointing_every: int = 1
+    """With gradient_checkpointing: checkpoint every N-th decoder layer only (less recompute,
+    less memory saved)."""
 
 
 @dataclasses.dataclass

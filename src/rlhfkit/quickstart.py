@@ -77,7 +77,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
         "prompts_eval": _write_jsonl(f"{d}/prompts_eval.jsonl", [{"prompt": p["prompt"], "answer": p["answer"]}
                                                                 for p in eval_p]),
     }
-    log(f"[quickstart] loading the embedded model (first run dequantizes and caches it)")
+    log("[quickstart] loading the embedded model (first run dequantizes and caches it)")
     model, tok = load_model("smollm2-135m")
     rows = []
 

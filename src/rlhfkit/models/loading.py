@@ -210,12 +210,27 @@ def load_model(cfg: ModelConfig | str, *, lora: LoraConfig | None = None):
     cfg = ModelConfig(name=cfg) if isinstance(cfg, str) else cfg
     tok = load_tokenizer(cfg.name, cfg.trust_remote_code)
     model = _load_pretrained(AutoModelForCausalLM, cfg.name, cfg)
+    return _prepare(model, tok, cfg, lora or cfg.lora, "CAUSAL_LM"), tok
+
+
+def _prepare(model, tok, cfg: ModelConfig, lora: LoraConfig, task_type: str):
+    """Pad id, frozen layers, activation checkpointing, LoRA adapters."""
     model.config.pad_token_id = tok.pad_token_id
     freeze_lower_layers(model, cfg.freeze_layers)
-    lora = lora or cfg.lora
-    if lora.r > 0:
-        model = apply_lora(model, lora)
-    return model, tok
+    if cfg.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ModelError(f"model.gradient_checkpointing: {type(model).__name__} does not support it; "
+                             "set it to false")
+        if cfg.gradient_checkpointing_every < 1:
+            raise ModelError("model.gradient_checkpointing_every must be >= 1")
+        kw = {"use_reentrant": False}  # works with frozen lower layers and inputs that need no gradient
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(kw, every_n_layers=cfg.gradient_checkpointing_every)
+        elif cfg.gradient_checkpointing_every == 1:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        else:
+            raise ModelError("model.gradient_checkpointing_every > 1 needs a newer transformers")
+    return apply_lora(model, lora, task_type=task_type) if lora.r > 0 else model
 
 
 def load_scalar_model(cfg: ModelConfig | str, *, lora: LoraConfig | None = None):
@@ -227,12 +242,7 @@ def load_scalar_model(cfg: ModelConfig | str, *, lora: LoraConfig | None = None)
     cfg = ModelConfig(name=cfg) if isinstance(cfg, str) else cfg
     tok = load_tokenizer(cfg.name, cfg.trust_remote_code)
     model = _load_pretrained(AutoModelForSequenceClassification, cfg.name, cfg, num_labels=1)
-    model.config.pad_token_id = tok.pad_token_id
-    freeze_lower_layers(model, cfg.freeze_layers)
-    lora = lora or cfg.lora
-    if lora.r > 0:
-        model = apply_lora(model, lora, task_type="SEQ_CLS")
-    return model, tok
+    return _prepare(model, tok, cfg, lora or cfg.lora, "SEQ_CLS"), tok
 
 
 def tiny_model(tokenizer, *, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import DataConfig, ModelConfig
+from ..config import ModelConfig
 from ..data.collate import collate
 from ..data.tokenize import Renderer
 from ..models.forward import sequence_scores

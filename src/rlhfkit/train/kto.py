@@ -13,7 +13,6 @@ them, so KTO and DPO report the same implicit-reward accuracy.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 
 import torch

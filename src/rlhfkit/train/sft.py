@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import torch
 
 from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data.pipeline import load_examples
