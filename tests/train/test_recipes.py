@@ -98,6 +98,23 @@ def test_nan_loss_stops_with_step_number(tiny_dir, data, tmp_path):
     assert os.listdir(tmp_path / "checkpoints") == ["step-000001"]  # the last good one survives
 
 
+def test_nan_gradient_with_a_finite_loss_stops_with_step_number(tiny_dir, data, tmp_path):
+    t = sft.build(sft_cfg(tiny_dir, data, tmp_path, max_steps=3, save_steps=1), log=quiet)
+    real_step, calls = t.recipe.step, []
+
+    def poisoned(m, b):
+        calls.append(1)
+        loss, met = real_step(m, b)
+        if len(calls) == 2:  # value + 0, gradient d sqrt(u)/du at u = 0 times 0 = NaN
+            loss = loss + torch.sqrt(next(p for p in m.parameters() if p.requires_grad).sum() * 0.0)
+        return loss, met
+
+    t.recipe.step = poisoned
+    with pytest.raises(TrainingError, match="non-finite gradient norm at step 2"):
+        t.train()
+    assert os.listdir(tmp_path / "checkpoints") == ["step-000001"]
+
+
 def rm_cfg(tiny_dir, data, out, **train):
     t = dict(output_dir=str(out), batch_size=4, lr=2e-3, progress=False, tensorboard=False,
              warmup_ratio=0.0, lr_scheduler="constant")
