@@ -44,6 +44,17 @@ def test_lm_judge_on_pairs_counts_everything(tiny_dir, tmp_path):
     assert all({"prompt", "chosen", "rejected", "judge_prob"} <= set(r) for r in rows)
     assert 0.0 <= stats["agreement_order_averaged"] <= 1.0
     assert json.load(open(tmp_path / "lab" / "label_stats.json")) == stats
+    # position bias, recomputed from the judge's raw probabilities in both orders
+    from rlhfkit.label import RUBRIC, LMJudge, as_text, reply_text
+    from rlhfkit.models.loading import load_model
+
+    recs = [json.loads(line) for line in open(pairs)]
+    judge = LMJudge(*load_model(ModelConfig(name=tiny_dir)), RUBRIC, 1024, 3)
+    conv = [as_text(r["prompt"]) for r in recs]
+    ch, rj = [reply_text(r["chosen"]) for r in recs], [reply_text(r["rejected"]) for r in recs]
+    probs = judge.prob_first(list(zip(conv, ch, rj))) + judge.prob_first(list(zip(conv, rj, ch)))
+    assert stats["judge_mean_p_first_shown"] == pytest.approx(sum(probs) / 20, abs=1e-6)
+    assert stats["judge_picks_first_shown_rate"] == sum(p > 0.5 for p in probs) / 20
 
 
 def test_reward_judge_agrees_with_a_verifier_labelled_set(tmp_path):

@@ -82,6 +82,7 @@ class LMJudge:
     def __init__(self, model, tok, rubric: str, max_tokens: int, batch_size: int, log=None):
         self.model, self.tok, self.rubric = model.eval(), tok, rubric
         self.max_tokens, self.batch_size, self.log = max_tokens, batch_size, log
+        self.seen: list[float] = []  # every P(first shown is better), to measure position bias
         ids = [tok.encode(t, add_special_tokens=False) for t in ("A", "B")]
         if any(len(i) != 1 for i in ids):
             raise ConfigError("the judge's tokenizer does not encode 'A' and 'B' as single tokens")
@@ -113,6 +114,7 @@ class LMJudge:
                                 position_ids=pos.to(device), logits_to_keep=1).logits[:, -1].float()
             two = torch.stack([logits[:, self.a_id], logits[:, self.b_id]], -1)
             out += torch.softmax(two, -1)[:, 0].tolist()
+            self.seen += out[-len(seqs):]
             if self.log is not None and (i // self.batch_size) % 10 == 9:
                 self.log(f"[label] judged {len(out)}/{len(items)} in this order")
         return out
@@ -164,8 +166,11 @@ def run(cfg: LabelConfig, log=print) -> dict:
     a = [reply_text(c[0]) for _, c in cands]
     b = [reply_text(c[1]) for _, c in cands]
     if cfg.judge == "lm":
-        verdicts = judge_pairs(LMJudge(judge_model, tok, cfg.rubric, cfg.max_judge_tokens, cfg.batch_size, log),
-                               convs, a, b, cfg.tie_margin, strict=cfg.consistency == "strict")
+        judge = LMJudge(judge_model, tok, cfg.rubric, cfg.max_judge_tokens, cfg.batch_size, log)
+        verdicts = judge_pairs(judge, convs, a, b, cfg.tie_margin, strict=cfg.consistency == "strict")
+        if judge.seen:  # position bias: 0.5 = none; 1 = always the reply shown first
+            stats["judge_mean_p_first_shown"] = sum(judge.seen) / len(judge.seen)
+            stats["judge_picks_first_shown_rate"] = sum(p > 0.5 for p in judge.seen) / len(judge.seen)
     else:
         extras = _extras(cfg, [r for r, _ in cands])
         sa = rewards.score([r["prompt"] for r, _ in cands], a, extras).total
