@@ -30,8 +30,6 @@ class RolloutConfig:
     """Stop strings (comma-separated on the command line)."""
     batch_size: int = 64
     """Sequences decoded together."""
-    transpose_weights: bool = True
-    """Decode on transient (in, out) copies of the linear weights (faster on CPU; same tokens)."""
 
 
 @dataclass

@@ -12,14 +12,6 @@ loop ends when every row hit EOS / a stop string. It shares the policy's weights
 is nothing to synchronise after an update. A GPU engine (e.g. vLLM) plugs in by
 implementing ``generate`` and ``sync_weights``.
 
-Decoding a few rows is a matrix-*vector*-like product per weight, and on a CPU
-``x @ W.T`` with the weight stored (out, in) is markedly slower there than ``x @ Wt`` with a
-contiguous (in, out) copy. With ``transpose_weights`` (the default) every ``nn.Linear`` runs
-on such a copy, made at the start of each ``generate`` call (so it always matches the
-current weights) and freed at its end: the same products, tokens identical under greedy
-decoding (tested), decode about 1.2-1.4x faster at 1 thread, at the cost of one transient
-copy of the linear weights.
-
 Sampling is batch-invariant: sample ``i`` of a call draws its noise from its own generator,
 seeded from one draw of the caller's RNG and its global row number (``row_offset + i``), and
 picks its token by Gumbel-max. A prompt therefore gets the same samples whether it is
@@ -29,9 +21,7 @@ shard's ``row_offset``), up to float ties.
 
 from __future__ import annotations
 
-import contextlib
 import time
-import types
 from dataclasses import dataclass, field
 
 import torch
@@ -114,9 +104,8 @@ def sample_tokens(logits: Tensor, params: SamplingParams, generator: torch.Gener
 class HFBackend(RolloutBackend):
     """KV-cache decode loop on a Hugging Face causal LM (see the module docstring)."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, transpose_weights: bool = True):
+    def __init__(self, model, tokenizer, batch_size: int = 64):
         self.model, self.tok, self.batch_size = model, tokenizer, max(1, int(batch_size))
-        self.transpose_weights = transpose_weights
         eos = tokenizer.eos_token_id
         cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         ids = set([eos] if isinstance(eos, int) else list(eos or []))
@@ -141,14 +130,12 @@ class HFBackend(RolloutBackend):
         fins: list[bool] = []
         was_training = self.model.training
         self.model.eval()
-        fast = transposed_linears(self.model) if self.transpose_weights else contextlib.nullcontext()
         try:
-            with fast:
-                for i in range(0, len(rows), self.batch_size):
-                    c, lp, f = self._decode(rows[i:i + self.batch_size], params, gens[i:i + self.batch_size])
-                    comps += c
-                    logps += lp
-                    fins += f
+            for i in range(0, len(rows), self.batch_size):
+                c, lp, f = self._decode(rows[i:i + self.batch_size], params, gens[i:i + self.batch_size])
+                comps += c
+                logps += lp
+                fins += f
         finally:
             self.model.train(was_training)
         texts = [self._text(c, params.stop) for c in comps]
@@ -214,38 +201,13 @@ class HFBackend(RolloutBackend):
         return comps, logps, finished
 
 
-@contextlib.contextmanager
-def transposed_linears(model):
-    """Inside the block every ``nn.Linear`` of ``model`` computes ``x @ Wt (+ b)`` with ``Wt``
-    a contiguous (in, out) copy of its current weight; the copies are dropped on exit."""
-    patched = []
-    try:
-        for m in model.modules():
-            if isinstance(m, torch.nn.Linear) and "forward" not in vars(m):
-                wt = m.weight.detach().t().contiguous()
-                b = None if m.bias is None else m.bias.detach()
-                m.forward = types.MethodType(_transposed_forward(wt, b), m)
-                patched.append(m)
-        yield
-    finally:
-        for m in patched:
-            del m.forward
-
-
-def _transposed_forward(wt: Tensor, b: Tensor | None):
-    def forward(self, x: Tensor) -> Tensor:
-        y = x @ wt
-        return y if b is None else y + b
-    return forward
-
-
 BACKENDS = {"hf": HFBackend}
 
 
-def make_backend(name: str, model, tokenizer, batch_size: int = 64, transpose_weights: bool = True) -> RolloutBackend:
+def make_backend(name: str, model, tokenizer, batch_size: int = 64) -> RolloutBackend:
     if name == "vllm":
         raise ConfigError("rollout.backend=vllm is not available in this build; use rollout.backend=hf "
                           "(the interface for another engine is rlhfkit.rl.rollout.RolloutBackend)")
     if name not in BACKENDS:
         raise ConfigError(f"unknown rollout.backend '{name}'; use one of {sorted(BACKENDS)}")
-    return BACKENDS[name](model, tokenizer, batch_size, transpose_weights)
+    return BACKENDS[name](model, tokenizer, batch_size)

@@ -87,8 +87,7 @@ class OnlineRL:
         self.sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens,
                                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                        top_k=cfg.rollout.top_k, n=self.G, stop=list(cfg.rollout.stop))
-        self.backend = make_backend(cfg.rollout.backend, model, tokenizer, cfg.rollout.batch_size,
-                                    cfg.rollout.transpose_weights)
+        self.backend = make_backend(cfg.rollout.backend, model, tokenizer, cfg.rollout.batch_size)
         self.pad_id = tokenizer.pad_token_id
         self.ptx: list[Example] = []
         self.ptx_pos = 0
