@@ -110,7 +110,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
     rm_cfg = reward.RMConfig(
         model=ModelConfig(name=f"{out}/sft/final"),
         data=DataConfig(path=paths["rm"], eval_path=paths["rm_eval"], max_length=256),
-        train=TrainConfig(output_dir=f"{out}/rm", epochs=1 if fast else 2, batch_size=8, lr=3e-5,
+        train=TrainConfig(output_dir=f"{out}/rm", epochs=1, batch_size=8, lr=5e-5,
                           warmup_ratio=0.1, eval_batch_size=16))
     rm_model, rm_tok = load_scalar_model(rm_cfg.model)
     res = reward.run(rm_cfg, log=log, model=rm_model, tokenizer=rm_tok)
@@ -128,7 +128,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
         rewards=[f"model:{out}/rm/final", "arithmetic*0"],
         train=TrainConfig(output_dir=f"{out}/ppo", max_steps=4 if fast else 12, batch_size=8, lr=5e-6,
                           lr_scheduler="constant", warmup_ratio=0.0, eval_batch_size=16),
-        kl_coef=0.05, num_iterations=1, num_minibatches=1, eval_samples=2)
+        kl_coef=0.05, num_iterations=1, num_minibatches=1, eval_samples=1)
     ppo_cfg.rollout.num_generations = 2
     ppo_cfg.rollout.max_new_tokens = 32
     res = rl.run(ppo_cfg, log=log)
@@ -148,7 +148,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
             model=ModelConfig(name=f"{out}/{stage}/final"), reference="smollm2-135m",
             data=DataConfig(path=paths["prompts_eval"], max_length=256),
             rewards=[f"model:{out}/rm/final", "arithmetic*0"], output_dir=f"{out}/eval/{stage}",
-            rollout=RolloutConfig(num_generations=1, max_new_tokens=48, temperature=0.0)), log=log)
+            rollout=RolloutConfig(num_generations=1, max_new_tokens=32, temperature=0.0)), log=log)
         evals.append((stage, res))
     eval_table = ["| policy vs starting model | win-rate (reward model judge, 95% CI) | KL (nats/response) | "
                   "length (tokens) | exact match | starting model's exact match |", "|---|---|---|---|---|---|"]
