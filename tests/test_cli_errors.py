@@ -69,3 +69,33 @@ def test_bad_row_names_file_row_and_field(capsys, tiny_dir, tmp_path):
     code, err = run(capsys, "rm", "--model.name", tiny_dir, "--data.path", path)
     assert code == 2
     assert "bad.jsonl, row 1, field 'rejected': chosen and rejected are identical" in err[-1]
+
+
+# The commands without a training loop of their own (eval, label) and online DPO: the same
+# kinds of mistakes, with each command's own keys.
+OTHER_CASES = {
+    "unknown key": (["--nope", "1"], "unknown config key 'nope'"),
+    "wrong type": (["--data.max_length", "long"], "config key 'data.max_length' expects int"),
+    "missing data file": (["--data.path", "nope/missing.jsonl"], "data file not found"),
+    "missing model": (["{model_key}", "./no-such-model"], "model directory not found"),
+    "missing config": (["--config", "nope.yaml"], "config file not found"),
+}
+
+
+@pytest.mark.parametrize("command", ["online-dpo", "eval", "label"])
+@pytest.mark.parametrize("name", list(OTHER_CASES))
+def test_bad_input_one_line_other_commands(capsys, tiny_dir, data, tmp_path, command, name):
+    out = str(tmp_path / "out")
+    base, model_key = {
+        "online-dpo": (["--data.path", data["prompts"], "--rewards", "arithmetic", "--train.output_dir", out,
+                        "--train.progress", "false", "--rounds", "1"], "--model.name"),
+        "eval": (["--data.path", data["prompts"], "--reference", tiny_dir, "--rewards", "arithmetic",
+                  "--output_dir", out], "--model.name"),
+        "label": (["--data.path", data["pairs"], "--output", out + "/pairs.jsonl"], "--judge_model.name"),
+    }[command]
+    extra, msg = OTHER_CASES[name]
+    extra = [model_key if x == "{model_key}" else x for x in extra]
+    code, err = run(capsys, command, model_key, tiny_dir, *base, *extra)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith(f"rlhfkit {command}: error: ") and msg in err[0], err
+    assert "Traceback" not in "\n".join(err)
