@@ -257,6 +257,7 @@ def count_flops(fn) -> float:
 def rlhfkit_measure(trainer, model, t_setup: float, steps: int, tokens_of=None) -> dict:
     """Time ``steps`` optimizer steps of an rlhfkit Trainer, then count one more step's FLOPs.
     ``tokens_of(step record)`` adds the tokens a step produced (online RL: generated tokens)."""
+    trainer.model.train()  # as Trainer.train() does (activation checkpointing is active only in train mode)
     t0 = time.perf_counter()
     recs = [trainer._train_step(s) for s in range(steps)]
     t_train = time.perf_counter() - t0
