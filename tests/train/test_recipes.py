@@ -83,36 +83,29 @@ def test_lora_saves_adapters_or_merged(tiny_dir, data, tmp_path):
         assert ("config.json" in files) == merge
 
 
-def test_nan_loss_stops_with_step_number(tiny_dir, data, tmp_path):
+def _nan_loss(m, loss):
+    return loss * float("nan")
+
+
+def _nan_gradient(m, loss):  # value + 0; gradient d sqrt(u)/du at u = 0, times 0: NaN
+    return loss + torch.sqrt(next(p for p in m.parameters() if p.requires_grad).sum() * 0.0)
+
+
+@pytest.mark.parametrize("poison, message", [(_nan_loss, "non-finite loss .* at step 2"),
+                                             (_nan_gradient, "non-finite gradient norm at step 2")])
+def test_non_finite_loss_or_gradient_stops_with_step_number(tiny_dir, data, tmp_path, poison, message):
     t = sft.build(sft_cfg(tiny_dir, data, tmp_path, max_steps=3, save_steps=1), log=quiet)
     real_step, calls = t.recipe.step, []
 
     def poisoned(m, b):
         calls.append(1)
         loss, met = real_step(m, b)
-        return (loss * float("nan") if len(calls) == 2 else loss), met
+        return (poison(m, loss) if len(calls) == 2 else loss), met
 
     t.recipe.step = poisoned
-    with pytest.raises(TrainingError, match="non-finite loss .* at step 2"):
+    with pytest.raises(TrainingError, match=message):
         t.train()
     assert os.listdir(tmp_path / "checkpoints") == ["step-000001"]  # the last good one survives
-
-
-def test_nan_gradient_with_a_finite_loss_stops_with_step_number(tiny_dir, data, tmp_path):
-    t = sft.build(sft_cfg(tiny_dir, data, tmp_path, max_steps=3, save_steps=1), log=quiet)
-    real_step, calls = t.recipe.step, []
-
-    def poisoned(m, b):
-        calls.append(1)
-        loss, met = real_step(m, b)
-        if len(calls) == 2:  # value + 0, gradient d sqrt(u)/du at u = 0 times 0 = NaN
-            loss = loss + torch.sqrt(next(p for p in m.parameters() if p.requires_grad).sum() * 0.0)
-        return loss, met
-
-    t.recipe.step = poisoned
-    with pytest.raises(TrainingError, match="non-finite gradient norm at step 2"):
-        t.train()
-    assert os.listdir(tmp_path / "checkpoints") == ["step-000001"]
 
 
 def rm_cfg(tiny_dir, data, out, **train):

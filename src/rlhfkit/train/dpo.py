@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import os
 
-
 from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data.collate import sequence_index
 from ..data.pipeline import load_examples

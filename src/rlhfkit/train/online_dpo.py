@@ -12,9 +12,9 @@ prompts are scored (greedy and sampled) before the first round and after each on
 round writes one record to ``output_dir/rounds.jsonl`` and its DPO run to
 ``output_dir/round-N``.
 
-Resume (``train.resume``): after every round the trainable weights, the RNG states and the
+Resume (``train.resume``): after every round the trainable weights, the sampling generator and the
 round records are checkpointed atomically in ``output_dir/rounds``. A restarted run loads
-the newest complete one, samples the next round again from the same RNG state (so the same
+the newest complete one, samples the next round again from the same generator state (so the same
 pairs), and the round's DPO run resumes from its own checkpoints (``train.save_steps``).
 """
 
