@@ -61,7 +61,7 @@ def test_on_policy_ratio_is_exactly_one(tiny_dir, tmp_path):
     """One epoch, one minibatch, a rollout from the current policy: ρ == 1 exactly, no clipping."""
     for advantage, G in (("gae", 2), ("grpo", 4)):
         cfg = cfg_for(tiny_dir, tmp_path / advantage, advantage, G, num_iterations=1, num_minibatches=1,
-                      kl_coef=0.05)
+                      kl_coef=0.05, reuse_logps=False)
         trainer = rl.build(cfg, log=quiet)
         torch.manual_seed(0)
         updates, m = trainer.recipe.plan(trainer.model, [trainer.recipe.examples[:4]], 0)
@@ -75,6 +75,55 @@ def test_on_policy_ratio_is_exactly_one(tiny_dir, tmp_path):
         loss, met, extra = trainer.recipe.step(trainer.model, rb)
         assert met["clip_frac"] == 0.0 and met["ratio_mean"] == 1.0 and met["approx_kl"] == 0.0
         assert torch.isfinite(loss)
+
+
+def _one_update(tiny_dir, out, reuse: bool, advantage: str, **kw):
+    """Rollout metrics, per-update metrics and the gradient of one GRPO/RLOO update."""
+    cfg = cfg_for(tiny_dir, out, advantage, 4, reuse_logps=reuse, **kw)
+    trainer = rl.build(cfg, log=quiet)
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the policy away from the reference: a KL to compare
+        for p in trainer.model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    updates, m = trainer.recipe.plan(trainer.model, [trainer.recipe.examples[:4]], 0)
+    mets = []
+    for rbs in updates:
+        for rb in rbs:
+            assert (rb.old_logp is None) == reuse
+            # the random model's rewards are all equal: give the tokens advantages to follow
+            rb.advantages = torch.randn(rb.advantages.shape, generator=torch.Generator().manual_seed(1))
+            loss, met, _ = trainer.recipe.step(trainer.model, rb)
+            loss.backward()
+            mets.append(met | {"loss": float(loss.detach())})
+    grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+    return m, mets, grads
+
+
+@pytest.mark.parametrize("advantage,kw", [("grpo", {"kl_coef": 0.05}), ("grpo", {"kl_coef": 0.0}),
+                                          ("rloo", {"kl_coef": 0.05, "kl_in": "loss"})])
+def test_reused_logps_equal_a_separate_old_logp_pass(tiny_dir, tmp_path, advantage, kw):
+    """reuse_logps (the update's own detached log-probs as the old ones) gives the same loss,
+    gradient and rollout KL / sampler metrics as the separate no-grad pass, within 1e-5."""
+    m0, met0, g0 = _one_update(tiny_dir, tmp_path / "pass", False, advantage, **kw)
+    m1, met1, g1 = _one_update(tiny_dir, tmp_path / "reuse", True, advantage, **kw)
+    keys = ["rollout/sampler_logp_diff"] + (["rollout/kl", "rollout/kl_k3"] if kw["kl_coef"] else [])
+    for k in keys:
+        assert m1[k] == pytest.approx(m0[k], abs=1e-5), k
+    if kw["kl_coef"]:
+        assert abs(m0["rollout/kl"]) > 1e-3 and m0["rollout/kl_k3"] > 1e-3
+    assert len(met0) == len(met1) == 1
+    for k in ("loss", "policy_loss", "clip_frac", "approx_kl", "ratio_mean", "entropy"):
+        assert met1[0][k] == pytest.approx(met0[0][k], abs=1e-5), k
+    assert met1[0]["ratio_mean"] == 1.0 and met1[0]["approx_kl"] == 0.0
+    assert torch.allclose(g1, g0, atol=1e-5) and g0.abs().sum() > 0
+
+
+def test_reuse_logps_only_when_one_update_per_rollout(tiny_dir, tmp_path):
+    for kw in ({"num_iterations": 2}, {"kl_in": "reward", "kl_coef": 0.05}, {"kl_target": 1.0, "kl_coef": 0.05}):
+        cfg = cfg_for(tiny_dir, tmp_path, "grpo", 2, **kw)
+        trainer = rl.build(cfg, log=quiet)
+        updates, _ = trainer.recipe.plan(trainer.model, [trainer.recipe.examples[:4]], 0)
+        assert all(rb.old_logp is not None for rbs in updates for rb in rbs), kw
 
 
 def test_grpo_no_reference_when_beta_zero(tiny_dir, tmp_path):

@@ -25,10 +25,37 @@ class RLBatch:
     count: float = 0.0             # items in the loss-aggregation unit
     update_tokens: float = 1.0     # masked tokens of the whole update (value-loss mean)
     ptx: Batch | None = None
+    sampler_logp: Tensor | None = None  # the sampler's log-probs (for a metric, when old_logp is None)
 
     @property
     def num_real_tokens(self) -> int:
         return self.batch.num_real_tokens
+
+
+class OnPolicyStats:
+    """Rollout metrics that need the rollout policy's log-probs, gathered from each update's
+    own forward when no separate old-log-prob pass ran (``RLConfig.reuse_logps``): the mean
+    per-sequence KL to the reference (k1 and k3) and the sampler's mean |Δ log-prob|."""
+
+    def __init__(self):
+        self.k1 = self.k3 = self.diff = self.tokens = self.seqs = 0.0
+
+    def add(self, logp: Tensor, rb: RLBatch, k3: Tensor | None) -> None:
+        m = rb.mask
+        self.seqs += rb.batch.num_sequences
+        if rb.ref_logp is not None:
+            self.k1 += float(((logp - rb.ref_logp) * m).sum())
+            self.k3 += float((k3 * m).sum())
+        if rb.sampler_logp is not None:
+            self.diff += float(((rb.sampler_logp - logp).abs() * m).sum())
+            self.tokens += float(m.sum())
+
+    def write(self, m: dict, ref: bool, sampler: bool) -> None:
+        if ref:
+            m["rollout/kl"] = self.k1 / self.seqs if self.seqs else 0.0
+            m["rollout/kl_k3"] = self.k3 / self.seqs if self.seqs else 0.0
+        if sampler:
+            m["rollout/sampler_logp_diff"] = self.diff / max(self.tokens, 1.0)
 
 
 class PolicyWithCritic(nn.Module):

@@ -30,6 +30,9 @@ class RolloutConfig:
     """Stop strings (comma-separated on the command line)."""
     batch_size: int = 64
     """Sequences decoded together."""
+    packed_weights: bool = True
+    """CPU decode through oneDNN with the weights reordered once per rollout (same results up to
+    float summation order, one extra weight copy while generating); false = plain PyTorch linears."""
 
 
 @dataclass
@@ -74,6 +77,10 @@ class RLConfig:
     """Optimizer updates per epoch (prompts are split into this many minibatches)."""
     micro_batch_size: int = 0
     """Prompts per forward pass inside a minibatch (gradients accumulate; 0 = whole minibatch)."""
+    reuse_logps: bool = True
+    """With one update per rollout (num_iterations 1, num_minibatches 1) and no KL term in the
+    reward or adaptive KL, take the rollout policy's log-probs from the update's own forward
+    (detached) instead of a separate no-grad pass: ratios are exactly 1, one forward less."""
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
     """Upper clip (0.28 = DAPO clip-higher)."""

@@ -9,7 +9,10 @@ Backends implement :class:`RolloutBackend`. ``hf`` is a lean decode loop over th
 Face model itself: left-padded prompts, one prefill, then one token per step through the
 KV cache; rows that finished are dropped from the batch (their cache rows too), and the
 loop ends when every row hit EOS / a stop string. It shares the policy's weights, so there
-is nothing to synchronise after an update. A GPU engine (e.g. vLLM) plugs in by
+is nothing to synchronise after an update. On the CPU its linear layers run through oneDNN
+with weights reordered at the start of each call (``packed_weights``, see
+:mod:`rlhfkit.models.packed`): 1.5-2.5x faster per decode step at a few rows, the same
+results up to float summation order. A GPU engine (e.g. vLLM) plugs in by
 implementing ``generate`` and ``sync_weights``.
 
 Sampling is batch-invariant: sample ``i`` of a call draws its noise from its own generator,
@@ -28,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..models.packed import packed_linears
 
 
 @dataclass
@@ -104,8 +108,9 @@ def sample_tokens(logits: Tensor, params: SamplingParams, generator: torch.Gener
 class HFBackend(RolloutBackend):
     """KV-cache decode loop on a Hugging Face causal LM (see the module docstring)."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 64):
+    def __init__(self, model, tokenizer, batch_size: int = 64, packed_weights: bool = True):
         self.model, self.tok, self.batch_size = model, tokenizer, max(1, int(batch_size))
+        self.packed_weights = packed_weights
         eos = tokenizer.eos_token_id
         cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         ids = set([eos] if isinstance(eos, int) else list(eos or []))
@@ -131,11 +136,12 @@ class HFBackend(RolloutBackend):
         was_training = self.model.training
         self.model.eval()
         try:
-            for i in range(0, len(rows), self.batch_size):
-                c, lp, f = self._decode(rows[i:i + self.batch_size], params, gens[i:i + self.batch_size])
-                comps += c
-                logps += lp
-                fins += f
+            with packed_linears(self.model, rows=min(len(rows), self.batch_size), enabled=self.packed_weights):
+                for i in range(0, len(rows), self.batch_size):
+                    c, lp, f = self._decode(rows[i:i + self.batch_size], params, gens[i:i + self.batch_size])
+                    comps += c
+                    logps += lp
+                    fins += f
         finally:
             self.model.train(was_training)
         texts = [self._text(c, params.stop) for c in comps]
@@ -204,10 +210,10 @@ class HFBackend(RolloutBackend):
 BACKENDS = {"hf": HFBackend}
 
 
-def make_backend(name: str, model, tokenizer, batch_size: int = 64) -> RolloutBackend:
+def make_backend(name: str, model, tokenizer, batch_size: int = 64, packed_weights: bool = True) -> RolloutBackend:
     if name == "vllm":
         raise ConfigError("rollout.backend=vllm is not available in this build; use rollout.backend=hf "
                           "(the interface for another engine is rlhfkit.rl.rollout.RolloutBackend)")
     if name not in BACKENDS:
         raise ConfigError(f"unknown rollout.backend '{name}'; use one of {sorted(BACKENDS)}")
-    return BACKENDS[name](model, tokenizer, batch_size)
+    return BACKENDS[name](model, tokenizer, batch_size, packed_weights)

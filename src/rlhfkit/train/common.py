@@ -1,10 +1,14 @@
-"""Pieces every recipe shares: collate settings, evaluation batching, saving outputs."""
+"""Pieces every recipe shares: collate settings, evaluation batching, saving outputs,
+data-parallel helpers."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
+
+import torch
+from torch import Tensor
 
 from ..config import DataConfig, LoraConfig, TrainConfig, to_dict
 from ..data.collate import collate
@@ -57,3 +61,23 @@ def precompute_reference(ref, trainer, train: list, evals: list, collate_fn, tcf
         if exs:
             ref.precompute(exs, collate_fn, tcfg.eval_batch_size, log=log, model_key=model_key,
                            cache=os.path.join(tcfg.output_dir, f"ref_logps_{name}.pt"))
+
+
+def dist_sum():
+    """A sum over data-parallel processes (None with one process): advantage statistics
+    such as REINFORCE++'s batch normalisation and PPO's whitening then cover the global batch."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+            torch.distributed.get_world_size() == 1:
+        return None
+
+    def reduce(t: Tensor) -> Tensor:
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+        return t
+    return reduce
+
+
+def dist_rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0

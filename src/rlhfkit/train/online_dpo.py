@@ -92,7 +92,7 @@ def make_pairs(exs: list[Example], completions: list[list[int]], scores: list[fl
 def evaluate(model, tok, rewards, evals: list[Example], cfg: OnlineDPOConfig,
              generator: torch.Generator | None = None) -> dict:
     model.eval()
-    be = HFBackend(model, tok, cfg.rollout.batch_size)
+    be = HFBackend(model, tok, cfg.rollout.batch_size, cfg.rollout.packed_weights)
     base = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                           top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=list(cfg.rollout.stop))
     g = be.generate([e.prompt for e in evals], dataclasses.replace(base, temperature=0.0, n=1))
@@ -154,7 +154,8 @@ def run(cfg: OnlineDPOConfig, log=print) -> dict:
         start = ((r - 1) * cfg.prompts_per_round) % len(train)
         exs = [train[(start + i) % len(train)] for i in range(min(cfg.prompts_per_round, len(train)))]
         model.eval()
-        ro = HFBackend(model, tok, cfg.rollout.batch_size).generate([e.prompt for e in exs], params, gen)
+        be = HFBackend(model, tok, cfg.rollout.batch_size, cfg.rollout.packed_weights)
+        ro = be.generate([e.prompt for e in exs], params, gen)
         scores = _score(rewards, exs, ro.texts, n)
         pairs = make_pairs(exs, ro.completion_ids, scores, n)
         rec = {"round": r, "rollout/reward": sum(scores) / len(scores), "pairs": float(len(pairs)),

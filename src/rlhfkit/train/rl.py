@@ -48,13 +48,13 @@ from ..models.loading import load_model, load_scalar_model
 from ..models.reference import Reference, choose_mode
 from ..rewards.base import build_rewards, reward_config_from
 from ..rl.advantages import NEEDS_CRITIC, AdvantageInputs, compute_advantages, masked_mean, masked_whiten
-from ..rl.batches import PolicyWithCritic, RLBatch, critic_of, policy_of, target_index, token_values
+from ..rl.batches import OnPolicyStats, PolicyWithCritic, RLBatch, critic_of, policy_of, target_index, token_values
 from ..rl.config import (CriticConfig, GRPOConfig, PPOConfig, RLConfig, RolloutConfig,  # noqa: F401
                          kl_placement, validate)
 from ..rl.kl_control import make_kl_controller
 from ..rl.monitors import RewardHackingMonitor
 from ..rl.rollout import SamplingParams, make_backend
-from .common import save_model
+from .common import dist_rank, dist_sum, save_model
 from .loop import Recipe, Trainer, start_run
 
 
@@ -87,11 +87,13 @@ class OnlineRL:
         self.sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens,
                                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                        top_k=cfg.rollout.top_k, n=self.G, stop=list(cfg.rollout.stop))
-        self.backend = make_backend(cfg.rollout.backend, model, tokenizer, cfg.rollout.batch_size)
+        self.backend = make_backend(cfg.rollout.backend, model, tokenizer, cfg.rollout.batch_size,
+                                    cfg.rollout.packed_weights)
         self.pad_id = tokenizer.pad_token_id
         self.ptx: list[Example] = []
         self.ptx_pos = 0
         self.last: dict = {}
+        self.onpolicy = OnPolicyStats()
         self.state: dict = {}  # saved with every checkpoint
 
     # ----------------------------------------------------------------- rollout + scoring
@@ -167,7 +169,10 @@ class OnlineRL:
                 parts.append((b.to(dev), ps))
             plans.append(parts)
 
-        # no-grad passes on the exact batches the updates use
+        # no-grad passes on the exact batches the updates use; with one update per rollout and
+        # no KL in the reward the old log-probs come from the update's own forward instead
+        reuse = (cfg.reuse_logps and cfg.num_iterations == 1 and len(plans) == 1 and cfg.kl_target <= 0
+                 and (self.ref is None or self.kl_where == "loss"))
         flat_old = torch.zeros(N * T)
         flat_ref = torch.zeros(N * T) if self.ref is not None else None
         flat_val = torch.zeros(N * T) if critic is not None else None
@@ -175,7 +180,8 @@ class OnlineRL:
             for parts in plans:
                 for b, ps in parts:
                     idx = target_index(b, ps, G, T)
-                    flat_old[idx] = completion_logprobs(policy, b, chunk=self.chunk).token_logps.float().cpu()
+                    if not reuse:
+                        flat_old[idx] = completion_logprobs(policy, b, chunk=self.chunk).token_logps.float().cpu()
                     if flat_ref is not None:
                         flat_ref[idx] = self.ref.logprobs(b).token_logps.float().cpu()
                     if flat_val is not None:
@@ -189,14 +195,15 @@ class OnlineRL:
         samp = torch.zeros(N, T)
         for n, lp in enumerate(ro.logprobs):
             samp[n, :len(lp)] = torch.tensor(lp)
-        if cfg.rollout.temperature == 1.0 and cfg.rollout.top_p >= 1.0 and cfg.rollout.top_k == 0:
+        exact_sampler = cfg.rollout.temperature == 1.0 and cfg.rollout.top_p >= 1.0 and cfg.rollout.top_k == 0
+        if exact_sampler and not reuse:
             m["rollout/sampler_logp_diff"] = float(((samp - old).abs() * umask).sum() / umask.sum().clamp(min=1))
 
         # rewards with the KL penalty, advantages
         beta = self.kl_ctl.value
         token_rewards = torch.zeros(N, T)
         seq_scores = scores.clone()
-        if flat_ref is not None:
+        if flat_ref is not None and not reuse:
             ref = flat_ref.view(N, T)
             kl_tok = kl_estimate(old, ref, cfg.kl_estimator) * mask
             k1_seq = ((old - ref) * mask).sum(1)
@@ -229,11 +236,13 @@ class OnlineRL:
             rbs = []
             for b, ps in parts:
                 idx = target_index(b, ps, G, T)
-                rb = RLBatch(b, flat_old[idx].to(b.tgt_ids.device), flat_adv[idx].to(b.tgt_ids.device),
+                dev = b.tgt_ids.device
+                rb = RLBatch(b, None if reuse else flat_old[idx].to(dev), flat_adv[idx].to(dev),
                              flat_mask[idx].to(b.tgt_ids.device),
                              ref_logp=flat_ref[idx].to(b.tgt_ids.device) if flat_ref is not None else None,
                              old_values=flat_val[idx].to(b.tgt_ids.device) if flat_val is not None else None,
-                             returns=flat_ret[idx].to(b.tgt_ids.device) if flat_ret is not None else None)
+                             returns=flat_ret[idx].to(b.tgt_ids.device) if flat_ret is not None else None,
+                             sampler_logp=samp.reshape(-1)[idx].to(dev) if reuse and exact_sampler else None)
                 rb.count = self._count(rb)
                 rbs.append(rb)
             tokens = sum(float(rb.mask.sum()) for rb in rbs)
@@ -250,15 +259,20 @@ class OnlineRL:
                 updates.append(rbs)
         m["rollout/skipped_all"] = float(not updates)
         self.last = {}
+        self.onpolicy = OnPolicyStats()
 
         def run():
             m["train/early_stopped"] = 0.0
-            for epoch in range(cfg.num_iterations):
-                for u in torch.randperm(len(updates), generator=gen).tolist():
-                    yield updates[u]
-                    if cfg.target_kl > 0 and self.last.get("approx_kl", 0.0) > cfg.target_kl:
-                        m["train/early_stopped"] = 1.0  # approx-KL passed target_kl: no more epochs
-                        return
+            try:
+                for epoch in range(cfg.num_iterations):
+                    for u in torch.randperm(len(updates), generator=gen).tolist():
+                        yield updates[u]
+                        if cfg.target_kl > 0 and self.last.get("approx_kl", 0.0) > cfg.target_kl:
+                            m["train/early_stopped"] = 1.0  # approx-KL passed target_kl: no more epochs
+                            return
+            finally:
+                if reuse:  # the rollout metrics the skipped pass would have given, from the updates
+                    self.onpolicy.write(m, flat_ref is not None, exact_sampler)
 
         m["train/train_tokens"] = float(sum(rb.num_real_tokens for u in updates for rb in u))
         return run(), m
@@ -288,7 +302,8 @@ class OnlineRL:
         b = rb.batch
         out = completion_logprobs(policy, b, chunk=self.chunk, entropy=True)
         logp = out.token_logps
-        pg, ratio, clipped = clipped_surrogate(logp, rb.old_logp, rb.advantages,
+        old = rb.old_logp if rb.old_logp is not None else logp.detach()  # reuse_logps: ρ = 1
+        pg, ratio, clipped = clipped_surrogate(logp, old, rb.advantages,
                                                eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high)
         tok_loss = pg
         mask = rb.mask
@@ -299,11 +314,14 @@ class OnlineRL:
             if self.kl_where == "loss" and self.kl_ctl.value > 0:
                 tok_loss = tok_loss + self.kl_ctl.value * kl
             metrics["kl_token"] = float((kl.detach() * mask).sum() / nt)
+        if rb.old_logp is None:
+            k3 = kl_estimate(old, rb.ref_logp, "k3") if rb.ref_logp is not None else None
+            self.onpolicy.add(old, rb, k3)
         if cfg.entropy_coef:
             tok_loss = tok_loss - cfg.entropy_coef * out.entropy
         loss_sum, _ = aggregate(tok_loss, mask, b.tgt_seq, b.num_sequences, cfg.loss_agg,
                                 cfg.rollout.max_new_tokens)
-        log_ratio = (logp.detach() - rb.old_logp)
+        log_ratio = (logp.detach() - old)
         approx_kl = float((((ratio - 1) - log_ratio) * mask).sum() / nt)
         metrics.update({"policy_loss": float((pg.detach() * mask).sum() / nt),
                         "clip_frac": float((clipped.float() * mask).sum() / nt),
@@ -361,26 +379,6 @@ class OnlineRL:
                     n += b.num_sequences
                 res["sampled/kl"] = total / max(n, 1)
         return res
-
-
-def dist_sum():
-    """A sum over data-parallel processes (None with one process): advantage statistics
-    such as REINFORCE++'s batch normalisation and PPO's whitening then cover the global batch."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
-            torch.distributed.get_world_size() == 1:
-        return None
-
-    def reduce(t: Tensor) -> Tensor:
-        t = t.clone()
-        torch.distributed.all_reduce(t)
-        return t
-    return reduce
-
-
-def dist_rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return 0
 
 
 def masked_var(x: Tensor, mask: Tensor) -> float:
