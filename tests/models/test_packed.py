@@ -69,3 +69,11 @@ def test_rollout_same_with_and_without_packed_weights(tok, temperature, monkeypa
     diff = max(abs(x - y) for la, lb in zip(a.logprobs, b.logprobs) for x, y in zip(la, lb))
     assert diff < 1e-5
     assert not any("forward" in m.__dict__ for m in lm.modules())
+
+
+def test_probing_for_onednn_leaves_the_global_rng_alone(monkeypatch):
+    """A seeded or resumed run must draw the same numbers whether or not the probe ran."""
+    monkeypatch.setattr(packed, "_SUPPORTED", None)
+    state = torch.get_rng_state()
+    assert packed.packed_linear_available()
+    assert torch.equal(torch.get_rng_state(), state)
