@@ -22,12 +22,16 @@ class _ChunkedLogprob(torch.autograd.Function):
         ent = hidden.new_empty(n, dtype=torch.float32) if want_entropy else None
         for s in range(0, n, chunk):
             logits = _logits(hidden[s:s + chunk], weight, bias, temperature)  # (c, V) fp32
-            lse = torch.logsumexp(logits, dim=-1)
-            lse_all[s:s + chunk] = lse
-            logp[s:s + chunk] = logits.gather(1, targets[s:s + chunk, None]).squeeze(1) - lse
+            picked = logits.gather(1, targets[s:s + chunk, None]).squeeze(1)
             if want_entropy:
+                lse = torch.logsumexp(logits, dim=-1)
                 p = torch.softmax(logits, dim=-1)
                 ent[s:s + chunk] = lse - (p * logits).sum(-1)
+            else:  # logsumexp in place: no second [chunk x vocab] buffer
+                mx = logits.amax(-1, keepdim=True)
+                lse = logits.sub_(mx).exp_().sum(-1).log_().add_(mx.squeeze(1))
+            lse_all[s:s + chunk] = lse
+            logp[s:s + chunk] = picked - lse
         ctx.save_for_backward(hidden, weight, bias, targets, lse_all, ent)
         ctx.chunk, ctx.temperature = chunk, temperature
         if want_entropy:
@@ -48,15 +52,17 @@ class _ChunkedLogprob(torch.autograd.Function):
         for s in range(0, hidden.shape[0], chunk):
             h = hidden[s:s + chunk]
             logits = _logits(h, weight, bias, t)
-            # d logp / d logits = onehot(y) - softmax(logits); scaled by the incoming grad
-            logq = logits - lse_all[s:s + chunk, None]
-            p = torch.exp(logq)
-            g = -p
+            # d logp / d logits = onehot(y) - softmax(logits); scaled by the incoming grad.
+            # Without entropy every step works in the logits' own buffer.
+            logq = logits.sub_(lse_all[s:s + chunk, None])
+            p = logq.exp() if use_ent else logq.exp_()
+            g = p.neg() if use_ent else p.neg_()
             g.scatter_add_(1, targets[s:s + chunk, None], torch.ones_like(g[:, :1]))
             g.mul_(grad_logp[s:s + chunk, None])
             if use_ent:  # dH/dz = -p (log p + H)
                 g.sub_(p * (logq + ent[s:s + chunk, None]) * grad_ent[s:s + chunk, None])
-            g.div_(t)  # logits = (h W^T + b) / t
+            if t != 1.0:
+                g.div_(t)  # logits = (h W^T + b) / t
             if need_h:
                 grad_h[s:s + chunk] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
             if need_w:
