@@ -1,5 +1,6 @@
 """Decode speed of the rollout engine, side by side in one process: rlhfkit's decode loop
-and HF ``generate``; greedy, so both produce the same tokens (checked).
+(with and without oneDNN-packed weights) and HF ``generate``; greedy, so all produce the
+same tokens (checked).
 
     python bench/decode.py [--rows 8 --new_tokens 128 --threads 2 --reps 3]
 
@@ -38,6 +39,7 @@ def main() -> None:
     prompts = [tok(r["prompt"])["input_ids"] for r in C.gsm8k_rows(a.rows)]
     sp = SamplingParams(max_new_tokens=a.new_tokens, temperature=0.0)
     fast = HFBackend(model, tok, a.rows)
+    plain = HFBackend(model, tok, a.rows, packed_weights=False)
 
     def hf_generate():
         L = max(map(len, prompts))
@@ -58,7 +60,9 @@ def main() -> None:
             comps.append(c)
         return comps
 
-    runs = {"rlhfkit decode loop": lambda: fast.generate(prompts, sp).completion_ids, "HF generate": hf_generate}
+    runs = {"rlhfkit decode loop": lambda: fast.generate(prompts, sp).completion_ids,
+            "rlhfkit, plain linears (packed_weights false)": lambda: plain.generate(prompts, sp).completion_ids,
+            "HF generate": hf_generate}
     times: dict[str, list[float]] = {k: [] for k in runs}
     outs = {}
     for _ in range(a.reps):

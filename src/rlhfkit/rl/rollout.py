@@ -7,13 +7,12 @@ string) or was cut at ``max_new_tokens``.
 
 Backends implement :class:`RolloutBackend`. ``hf`` is a lean decode loop over the Hugging
 Face model itself: left-padded prompts, one prefill, then one token per step through the
-KV cache; rows that finished are dropped from the batch (their cache rows too), and the
-loop ends when every row hit EOS / a stop string. It shares the policy's weights, so there
-is nothing to synchronise after an update. On the CPU its linear layers run through oneDNN
-with weights reordered at the start of each call (``packed_weights``, see
-:mod:`rlhfkit.models.packed`): 1.5-2.5x faster per decode step at a few rows, the same
-results up to float summation order. A GPU engine (e.g. vLLM) plugs in by
-implementing ``generate`` and ``sync_weights``.
+KV cache, written in place (:class:`GrowingLayer`); rows that finished are dropped from the
+batch (their cache rows too), and the loop ends when every row hit EOS / a stop string. It
+shares the policy's weights, so there is nothing to synchronise after an update. On the CPU
+its linear layers run through oneDNN with the weights reordered at the start of each call
+(``packed_weights``, :mod:`rlhfkit.models.packed`; the same results up to float summation
+order). A GPU engine (e.g. vLLM) plugs in by implementing ``generate`` and ``sync_weights``.
 
 Sampling is batch-invariant: sample ``i`` of a call draws its noise from its own generator,
 seeded from one draw of the caller's RNG and its global row number (``row_offset + i``), and
@@ -29,8 +28,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from ..errors import ConfigError
+from ..models.forward import unwrap
 from ..models.packed import packed_linears
 
 
@@ -60,6 +61,47 @@ class Rollout:
     @property
     def num_tokens(self) -> int:
         return sum(len(c) for c in self.completion_ids)
+
+
+class GrowingLayer(DynamicLayer):
+    """A KV-cache layer whose keys/values live in a buffer with room to grow: a decode step
+    writes its token in place instead of concatenating the whole cache into a new tensor
+    (O(length) per step, not O(length) copies of it); the capacity doubles when full."""
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._k = self._v = None
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = 0 if self._k is None else self.keys.shape[-2]
+        m = n + key_states.shape[-2]
+        if self._k is None or m > self._k.shape[-2]:
+            B, H, _, D = key_states.shape
+            cap = max(2 * m, m + 64)
+            k, v = key_states.new_empty(B, H, cap, D), value_states.new_empty(B, H, cap, value_states.shape[-1])
+            if n:
+                k[:, :, :n], v[:, :, :n] = self.keys, self.values
+            self._k, self._v = k, v
+        self._k[:, :, n:m], self._v[:, :, n:m] = key_states, value_states
+        self.keys, self.values = self._k[:, :, :m], self._v[:, :, :m]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        if self._k is not None:
+            m = self.keys.shape[-2]
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[:, :, :m], self._v[:, :, :m]
+
+
+def new_kv_cache(model) -> DynamicCache:
+    """The model's usual dynamic cache, with growing-buffer layers where it would use plain
+    full-attention layers (sliding-window and other special layers are kept as they are)."""
+    cache = DynamicCache(config=unwrap(model).config)
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [GrowingLayer() for _ in cache.layers]
+    return cache
 
 
 class RolloutBackend:
@@ -166,7 +208,8 @@ class HFBackend(RolloutBackend):
             attn[b, Lp - len(r):] = 1
         ids, attn = ids.to(device), attn.to(device)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=new_kv_cache(model),
+                    use_cache=True, logits_to_keep=1)
         cache, logits = out.past_key_values, out.logits[:, -1]
         next_pos = pos[:, -1] + 1
         live = torch.arange(B, device=device)       # original row of each batch row still decoding
