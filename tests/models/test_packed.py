@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not packed_linear_available(), reason="this torc
 
 
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("rows", [1, 3, 8, 17])
+@pytest.mark.parametrize("rows", [1, 3, 4, 8, 17])
 def test_packed_linear_equals_plain_linear(rows, bias):
     torch.manual_seed(rows)
     lin = nn.Linear(48, 80, bias=bias)
@@ -77,3 +77,15 @@ def test_probing_for_onednn_leaves_the_global_rng_alone(monkeypatch):
     state = torch.get_rng_state()
     assert packed.packed_linear_available()
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_few_rows_take_the_plain_path_and_more_take_onednn(monkeypatch):
+    lin = nn.Linear(16, 24)
+    plain_calls = []
+    real = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: plain_calls.append(a[0].shape) or real(*a))
+    with packed_linears(lin, rows=8), torch.no_grad():
+        for rows in (1, 2, 3, 4, 8):
+            lin(torch.randn(rows, 1, 16))
+    assert [s[0] for s in plain_calls] == [1, 2, 3]  # packed.MIN_ROWS = 4
+    assert packed.MIN_ROWS == 4
