@@ -89,3 +89,18 @@ def test_few_rows_take_the_plain_path_and_more_take_onednn(monkeypatch):
             lin(torch.randn(rows, 1, 16))
     assert [s[0] for s in plain_calls] == [1, 2, 3]  # packed.MIN_ROWS = 4
     assert packed.MIN_ROWS == 4
+
+
+def test_generate_text_with_packed_weights_equals_plain_generate(tok):
+    from rlhfkit.models.generate import generate_text
+
+    lm = tiny_model(tok, seed=6).eval()
+    prompts = ["What is 2 + 3?", "Hello there, how are you doing today?", "Hi", "Name a colour."]
+    got = generate_text(lm, tok, prompts, max_new_tokens=8, batch_size=4)
+    want = []
+    for p in prompts:
+        ids = tok(p, return_tensors="pt")["input_ids"]
+        seq = lm.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id,
+                          eos_token_id=tok.eos_token_id)
+        want.append(tok.decode(seq[0, ids.shape[1]:], skip_special_tokens=True))
+    assert got == want and any(got)

@@ -26,25 +26,19 @@ def generate_text(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, 
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    kw = dict(do_sample=False) if temperature <= 0 else dict(do_sample=True, temperature=temperature,
+                                                            top_p=top_p, top_k=0)
+    out: list[str] = []
     try:
         with packed_linears(model, rows=min(batch_size, len(texts))):
-            out = _generate(model, tokenizer, texts, device, max_new_tokens, temperature, top_p, batch_size, gen)
+            for i in range(0, len(texts), batch_size):
+                enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
+                                add_special_tokens=True).to(device)
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                seqs = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                      eos_token_id=tokenizer.eos_token_id, **kw)
+                out += tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
-    return out
-
-
-def _generate(model, tokenizer, texts, device, max_new_tokens, temperature, top_p, batch_size, gen) -> list[str]:
-    out: list[str] = []
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
-                        add_special_tokens=True).to(device)
-        kw = dict(do_sample=False) if temperature <= 0 else dict(
-            do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        seqs = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=tokenizer.eos_token_id, **kw)
-        new = seqs[:, enc["input_ids"].shape[1]:]
-        out += tokenizer.batch_decode(new, skip_special_tokens=True)
     return out

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.collate import Batch
+from ..losses.kl import kl_estimate
 from ..models.forward import hidden_states, unwrap
 
 @dataclass
@@ -16,7 +17,7 @@ class RLBatch:
     """A micro-batch of an update: the packed sequences plus per-target tensors."""
 
     batch: Batch
-    old_logp: Tensor
+    old_logp: Tensor | None  # None: the update's own forward, detached (RLConfig.reuse_logps)
     advantages: Tensor
     mask: Tensor
     ref_logp: Tensor | None = None
@@ -40,12 +41,12 @@ class OnPolicyStats:
     def __init__(self):
         self.k1 = self.k3 = self.diff = self.tokens = self.seqs = 0.0
 
-    def add(self, logp: Tensor, rb: RLBatch, k3: Tensor | None) -> None:
+    def add(self, logp: Tensor, rb: RLBatch) -> None:
         m = rb.mask
         self.seqs += rb.batch.num_sequences
         if rb.ref_logp is not None:
             self.k1 += float(((logp - rb.ref_logp) * m).sum())
-            self.k3 += float((k3 * m).sum())
+            self.k3 += float((kl_estimate(logp, rb.ref_logp, "k3") * m).sum())
         if rb.sampler_logp is not None:
             self.diff += float(((rb.sampler_logp - logp).abs() * m).sum())
             self.tokens += float(m.sum())

@@ -6,7 +6,8 @@
 Every loop step: take ``train.batch_size`` prompts; sample ``rollout.num_generations``
 responses each from the current policy (KV-cache decode); score them with the configured
 rewards; compute the old log-probs (and reference log-probs / critic values) once, without
-gradients, on the very batches the updates will use; turn rewards into per-token
+gradients, on the very batches the updates will use (with one update per rollout the old
+log-probs are that update's own forward, detached: ``reuse_logps``); turn rewards into per-token
 advantages with the chosen estimator; then run ``num_iterations`` epochs over
 ``num_minibatches`` minibatches, one optimizer update each (stopping the epochs early when
 the approximate KL to the rollout policy passes ``target_kl``).
@@ -173,7 +174,7 @@ class OnlineRL:
         # no KL in the reward the old log-probs come from the update's own forward instead
         reuse = (cfg.reuse_logps and cfg.num_iterations == 1 and len(plans) == 1 and cfg.kl_target <= 0
                  and (self.ref is None or self.kl_where == "loss"))
-        flat_old = torch.zeros(N * T)
+        flat_old = torch.zeros(N * T) if not reuse else None
         flat_ref = torch.zeros(N * T) if self.ref is not None else None
         flat_val = torch.zeros(N * T) if critic is not None else None
         with torch.no_grad():
@@ -186,7 +187,7 @@ class OnlineRL:
                         flat_ref[idx] = self.ref.logprobs(b).token_logps.float().cpu()
                     if flat_val is not None:
                         flat_val[idx] = token_values(critic, b).cpu()
-        old = flat_old.view(N, T)
+        old = flat_old.view(N, T) if flat_old is not None else None
         # sequences of dropped (zero-std) groups have no old log-probs: leave them out of the stats
         used = torch.zeros(N, dtype=torch.bool)
         for p in keep:
@@ -238,10 +239,10 @@ class OnlineRL:
                 idx = target_index(b, ps, G, T)
                 dev = b.tgt_ids.device
                 rb = RLBatch(b, None if reuse else flat_old[idx].to(dev), flat_adv[idx].to(dev),
-                             flat_mask[idx].to(b.tgt_ids.device),
-                             ref_logp=flat_ref[idx].to(b.tgt_ids.device) if flat_ref is not None else None,
-                             old_values=flat_val[idx].to(b.tgt_ids.device) if flat_val is not None else None,
-                             returns=flat_ret[idx].to(b.tgt_ids.device) if flat_ret is not None else None,
+                             flat_mask[idx].to(dev),
+                             ref_logp=flat_ref[idx].to(dev) if flat_ref is not None else None,
+                             old_values=flat_val[idx].to(dev) if flat_val is not None else None,
+                             returns=flat_ret[idx].to(dev) if flat_ret is not None else None,
                              sampler_logp=samp.reshape(-1)[idx].to(dev) if reuse and exact_sampler else None)
                 rb.count = self._count(rb)
                 rbs.append(rb)
@@ -315,8 +316,7 @@ class OnlineRL:
                 tok_loss = tok_loss + self.kl_ctl.value * kl
             metrics["kl_token"] = float((kl.detach() * mask).sum() / nt)
         if rb.old_logp is None:
-            k3 = kl_estimate(old, rb.ref_logp, "k3") if rb.ref_logp is not None else None
-            self.onpolicy.add(old, rb, k3)
+            self.onpolicy.add(old, rb)
         if cfg.entropy_coef:
             tok_loss = tok_loss - cfg.entropy_coef * out.entropy
         loss_sum, _ = aggregate(tok_loss, mask, b.tgt_seq, b.num_sequences, cfg.loss_agg,
