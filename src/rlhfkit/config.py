@@ -105,6 +105,9 @@ class TrainConfig:
     """cosine | linear | constant."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0 = off)."""
+    fused_optimizer: bool = True
+    """AdamW as one fused kernel per parameter (no whole-model temporaries; the same update
+    within float rounding); false = PyTorch's default AdamW implementation for the device."""
     eval_steps: int = 0
     """Evaluate every N steps (0 = only at the start and end)."""
     eval_batch_size: int = 8

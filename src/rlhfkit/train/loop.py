@@ -122,6 +122,12 @@ def start_run(cfg: TrainConfig) -> None:
     torch.manual_seed(cfg.seed)
 
 
+def make_optimizer(groups, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel where PyTorch has one for ``device`` and train.fused_optimizer is on."""
+    fused = cfg.fused_optimizer and device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
+
+
 def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     warmup = int(round(cfg.warmup_ratio * total_steps))
 
@@ -167,7 +173,7 @@ class Trainer:
         if not params:
             raise TrainingError("the model has no trainable parameters (check freeze_layers / LoRA)")
         groups = recipe.param_groups(recipe.model) if recipe.param_groups else params
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(groups, cfg, params[0].device)
         self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
         if self.world > 1 and hasattr(recipe.model, "wrap_parts"):  # parts called separately
             recipe.model.wrap_parts(self.accelerator.prepare_model)
