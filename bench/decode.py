@@ -1,8 +1,10 @@
 """Decode speed of the rollout engine, side by side in one process: rlhfkit's decode loop
-(with and without oneDNN-packed weights) and HF ``generate``; greedy, so all produce the
-same tokens (checked).
+(lean decoder, the HF forward with oneDNN-packed weights, the HF forward with plain
+linears) and HF ``generate``. Greedy by default, so all produce the same tokens (checked);
+``--temperature 1`` samples as GRPO does (every row runs to the token limit far more often),
+and the rlhfkit variants are checked against each other (their sampling is seeded per row).
 
-    python bench/decode.py [--rows 8 --new_tokens 128 --threads 2 --reps 3]
+    python bench/decode.py [--rows 8 --new_tokens 128 --threads 2 --reps 3 --temperature 0]
 
 Prompts are the first GSM8K questions as plain "Question: ...\nAnswer:" text. Each
 repetition runs the two in turn; the table reports the median seconds per call, ms per
@@ -27,6 +29,7 @@ def main() -> None:
     ap.add_argument("--new_tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--temperature", type=float, default=0.0)
     a = ap.parse_args()
     import torch
 
@@ -37,9 +40,11 @@ def main() -> None:
     model, tok = load_model(C.model_dir())
     model.eval()
     prompts = [tok(r["prompt"])["input_ids"] for r in C.gsm8k_rows(a.rows)]
-    sp = SamplingParams(max_new_tokens=a.new_tokens, temperature=0.0)
+    sp = SamplingParams(max_new_tokens=a.new_tokens, temperature=a.temperature)
+    greedy = a.temperature <= 0
     fast = HFBackend(model, tok, a.rows)
-    plain = HFBackend(model, tok, a.rows, packed_weights=False)
+    hf_fwd = HFBackend(model, tok, a.rows, lean_decode=False)
+    plain = HFBackend(model, tok, a.rows, packed_weights=False, lean_decode=False)
 
     def hf_generate():
         L = max(map(len, prompts))
@@ -48,7 +53,8 @@ def main() -> None:
         for i, p in enumerate(prompts):
             ids[i, L - len(p):], att[i, L - len(p):] = torch.tensor(p), 1
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=a.new_tokens, do_sample=False,
+            out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=a.new_tokens, do_sample=not greedy,
+                                 temperature=a.temperature if not greedy else None, top_p=None, top_k=None,
                                  pad_token_id=tok.pad_token_id, eos_token_id=fast.eos_ids)
         comps = []
         for row in out[:, L:].tolist():
@@ -60,8 +66,13 @@ def main() -> None:
             comps.append(c)
         return comps
 
-    runs = {"rlhfkit decode loop": lambda: fast.generate(prompts, sp).completion_ids,
-            "rlhfkit, plain linears (packed_weights false)": lambda: plain.generate(prompts, sp).completion_ids,
+    def seeded(backend):
+        return lambda: backend.generate(prompts, sp, generator=torch.Generator().manual_seed(0)).completion_ids
+
+    first = "rlhfkit decode loop (lean decoder + packed weights)"
+    runs = {first: seeded(fast),
+            "rlhfkit, HF forward + packed weights (lean_decode false)": seeded(hf_fwd),
+            "rlhfkit, HF forward + plain linears (both false)": seeded(plain),
             "HF generate": hf_generate}
     times: dict[str, list[float]] = {k: [] for k in runs}
     outs = {}
@@ -70,12 +81,13 @@ def main() -> None:
             t0 = time.perf_counter()
             outs[name] = fn()
             times[name].append(time.perf_counter() - t0)
-    ref = outs["HF generate"]
-    same = {k: v == ref for k, v in outs.items()}
+    ref = outs["HF generate" if greedy else first]
+    same = {k: (v == ref) if greedy or k != "HF generate" else "n/a (own sampler)" for k, v in outs.items()}
     steps = max(map(len, ref))
     base = statistics.median(times["HF generate"])
     print(f"decode: {a.rows} rows x up to {a.new_tokens} new tokens ({steps} decode steps, "
-          f"{sum(map(len, ref))} tokens), greedy, {a.threads} threads, median of {a.reps}")
+          f"{sum(map(len, ref))} tokens), {'greedy' if greedy else f'temperature {a.temperature}'}, "
+          f"{a.threads} threads, median of {a.reps}")
     print("| engine | s per call | ms per decode step | speed vs HF generate | same tokens |")
     print("|---|---|---|---|---|")
     for name in runs:

@@ -135,7 +135,8 @@ def evaluate_policy(cfg: EvalConfig, log=print) -> dict:
     extras = [{f: v for f, v in ex.extra.items() if f != "prompt"} for ex in rows]
 
     def sample(model):
-        return HFBackend(model, tok, cfg.batch_size, cfg.rollout.packed_weights).generate(
+        return HFBackend(model, tok, cfg.batch_size, cfg.rollout.packed_weights,
+                         cfg.rollout.lean_decode).generate(
             [ex.prompt for ex in exs], params, generator=torch.Generator().manual_seed(cfg.seed))
 
     def side(ro) -> dict:

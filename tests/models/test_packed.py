@@ -61,9 +61,9 @@ def test_rollout_same_with_and_without_packed_weights(tok, temperature, monkeypa
     monkeypatch.setattr(packed, "_packed_forward", counting)
     prompts = [tok(t)["input_ids"] for t in ("What is 2 + 3?", "Hello there, how are you doing?", "Hi")]
     sp = SamplingParams(max_new_tokens=12, temperature=temperature, n=3)
-    a = HFBackend(lm, tok, packed_weights=True).generate(prompts, sp, generator=torch.Generator().manual_seed(1))
+    a = HFBackend(lm, tok, packed_weights=True, lean_decode=False).generate(prompts, sp, generator=torch.Generator().manual_seed(1))
     n_packed = len(calls)
-    b = HFBackend(lm, tok, packed_weights=False).generate(prompts, sp, generator=torch.Generator().manual_seed(1))
+    b = HFBackend(lm, tok, packed_weights=False, lean_decode=False).generate(prompts, sp, generator=torch.Generator().manual_seed(1))
     assert n_packed > 12 and len(calls) == n_packed  # every decode step went through it; off = none
     assert a.completion_ids == b.completion_ids
     diff = max(abs(x - y) for la, lb in zip(a.logprobs, b.logprobs) for x, y in zip(la, lb))

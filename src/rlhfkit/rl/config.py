@@ -33,6 +33,10 @@ class RolloutConfig:
     packed_weights: bool = True
     """CPU decode through oneDNN with the weights reordered once per rollout (same results up to
     float summation order, one extra weight copy while generating); false = plain PyTorch linears."""
+    lean_decode: bool = True
+    """Llama/Mistral/Qwen2 fp32 models on the CPU decode through a dedicated forward (fused q/k/v
+    and gate/up projections, preallocated cache; same results up to float summation order);
+    false (or another model) = the model's own Hugging Face forward."""
 
 
 @dataclass

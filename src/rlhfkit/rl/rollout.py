@@ -12,7 +12,9 @@ batch (their cache rows too), and the loop ends when every row hit EOS / a stop 
 shares the policy's weights, so there is nothing to synchronise after an update. On the CPU
 its linear layers run through oneDNN with the weights reordered at the start of each call
 (``packed_weights``, :mod:`rlhfkit.models.packed`; the same results up to float summation
-order). A GPU engine (e.g. vLLM) plugs in by implementing ``generate`` and ``sync_weights``.
+order), and Llama-family fp32 models are run by :class:`~rlhfkit.rl.lean_decode.LeanDecoder`
+(``lean_decode``: fused projections and a preallocated cache, the same mathematics with
+fewer operations per token) instead of the generic forward. A GPU engine (e.g. vLLM) plugs in by implementing ``generate`` and ``sync_weights``.
 
 Sampling is batch-invariant: sample ``i`` of a call draws its noise from its own generator,
 seeded from one draw of the caller's RNG and its global row number (``row_offset + i``), and
@@ -33,6 +35,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from ..errors import ConfigError
 from ..models.forward import unwrap
 from ..models.packed import packed_linears
+from .lean_decode import LeanDecoder, lean_decoder_issue
 
 
 @dataclass
@@ -150,9 +153,10 @@ def sample_tokens(logits: Tensor, params: SamplingParams, generator: torch.Gener
 class HFBackend(RolloutBackend):
     """KV-cache decode loop on a Hugging Face causal LM (see the module docstring)."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, packed_weights: bool = True):
+    def __init__(self, model, tokenizer, batch_size: int = 64, packed_weights: bool = True,
+                 lean_decode: bool = True):
         self.model, self.tok, self.batch_size = model, tokenizer, max(1, int(batch_size))
-        self.packed_weights = packed_weights
+        self.packed_weights, self.lean_decode = packed_weights, lean_decode
         eos = tokenizer.eos_token_id
         cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         ids = set([eos] if isinstance(eos, int) else list(eos or []))
@@ -177,10 +181,13 @@ class HFBackend(RolloutBackend):
         fins: list[bool] = []
         was_training = self.model.training
         self.model.eval()
+        lean = self.lean_decode and lean_decoder_issue(self.model) is None
+        width = min(len(rows), self.batch_size)
         try:
-            with packed_linears(self.model, rows=min(len(rows), self.batch_size), enabled=self.packed_weights):
+            with packed_linears(self.model, rows=width, enabled=self.packed_weights and not lean):
+                run = LeanDecoder(self.model, rows=width, packed=self.packed_weights) if lean else _HFStepper(self.model)
                 for i in range(0, len(rows), self.batch_size):
-                    c, lp, f = self._decode(rows[i:i + self.batch_size], params, gens[i:i + self.batch_size])
+                    c, lp, f = self._decode(run, rows[i:i + self.batch_size], params, gens[i:i + self.batch_size])
                     comps += c
                     logps += lp
                     fins += f
@@ -195,7 +202,7 @@ class HFBackend(RolloutBackend):
         cut = min((text.find(s) for s in stop if s and s in text), default=-1)
         return text[:cut] if cut >= 0 else text
 
-    def _decode(self, rows: list[list[int]], params: SamplingParams, gens: list[torch.Generator]):
+    def _decode(self, run, rows: list[list[int]], params: SamplingParams, gens: list[torch.Generator]):
         model, device = self.model, next(self.model.parameters()).device
         B = len(rows)
         if any(len(r) == 0 for r in rows):
@@ -207,11 +214,7 @@ class HFBackend(RolloutBackend):
             ids[b, Lp - len(r):] = torch.tensor(r)
             attn[b, Lp - len(r):] = 1
         ids, attn = ids.to(device), attn.to(device)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=new_kv_cache(model),
-                    use_cache=True, logits_to_keep=1)
-        cache, logits = out.past_key_values, out.logits[:, -1]
-        next_pos = pos[:, -1] + 1
+        logits = run.prefill(ids, attn, capacity=Lp + params.max_new_tokens)
         live = torch.arange(B, device=device)       # original row of each batch row still decoding
         comps = [[] for _ in range(B)]
         logps = [[] for _ in range(B)]
@@ -238,25 +241,48 @@ class HFBackend(RolloutBackend):
             keep = torch.tensor([not d for d in done_l], device=device)
             if not bool(keep.any()):
                 break
-            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             if not bool(keep.all()):  # drop finished rows from the batch and the cache
                 sel = keep.nonzero().squeeze(1)
-                cache.batch_select_indices(sel)
-                tok, attn, next_pos, live = tok[sel], attn[sel], next_pos[sel], live[sel]
-            out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                        past_key_values=cache, use_cache=True)
-            cache, logits = out.past_key_values, out.logits[:, -1]
-            next_pos = next_pos + 1
+                run.select(sel)
+                tok, live = tok[sel], live[sel]
+            logits = run.step(tok)
         return comps, logps, finished
+
+
+class _HFStepper:
+    """The model's own forward over its KV cache, with the interface of :class:`LeanDecoder`."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prefill(self, ids: Tensor, valid: Tensor, capacity: int = 0) -> Tensor:
+        self.attn = valid
+        pos = (valid.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=valid, position_ids=pos,
+                         past_key_values=new_kv_cache(self.model), use_cache=True, logits_to_keep=1)
+        self.cache, self.next_pos = out.past_key_values, pos[:, -1] + 1
+        return out.logits[:, -1]
+
+    def step(self, tokens: Tensor) -> Tensor:
+        self.attn = torch.cat([self.attn, torch.ones_like(self.attn[:, :1])], dim=1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.attn, position_ids=self.next_pos[:, None],
+                         past_key_values=self.cache, use_cache=True)
+        self.cache, self.next_pos = out.past_key_values, self.next_pos + 1
+        return out.logits[:, -1]
+
+    def select(self, rows: Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.attn, self.next_pos = self.attn[rows], self.next_pos[rows]
 
 
 BACKENDS = {"hf": HFBackend}
 
 
-def make_backend(name: str, model, tokenizer, batch_size: int = 64, packed_weights: bool = True) -> RolloutBackend:
+def make_backend(name: str, model, tokenizer, batch_size: int = 64, packed_weights: bool = True,
+                 lean_decode: bool = True) -> RolloutBackend:
     if name == "vllm":
         raise ConfigError("rollout.backend=vllm is not available in this build; use rollout.backend=hf "
                           "(the interface for another engine is rlhfkit.rl.rollout.RolloutBackend)")
     if name not in BACKENDS:
         raise ConfigError(f"unknown rollout.backend '{name}'; use one of {sorted(BACKENDS)}")
-    return BACKENDS[name](model, tokenizer, batch_size, packed_weights)
+    return BACKENDS[name](model, tokenizer, batch_size, packed_weights, lean_decode)

@@ -92,7 +92,8 @@ def make_pairs(exs: list[Example], completions: list[list[int]], scores: list[fl
 def evaluate(model, tok, rewards, evals: list[Example], cfg: OnlineDPOConfig,
              generator: torch.Generator | None = None) -> dict:
     model.eval()
-    be = HFBackend(model, tok, cfg.rollout.batch_size, cfg.rollout.packed_weights)
+    be = HFBackend(model, tok, cfg.rollout.batch_size, cfg.rollout.packed_weights,
+                   cfg.rollout.lean_decode)
     base = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                           top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=list(cfg.rollout.stop))
     g = be.generate([e.prompt for e in evals], dataclasses.replace(base, temperature=0.0, n=1))
@@ -154,7 +155,8 @@ def run(cfg: OnlineDPOConfig, log=print) -> dict:
         start = ((r - 1) * cfg.prompts_per_round) % len(train)
         exs = [train[(start + i) % len(train)] for i in range(min(cfg.prompts_per_round, len(train)))]
         model.eval()
-        be = HFBackend(model, tok, cfg.rollout.batch_size, cfg.rollout.packed_weights)
+        be = HFBackend(model, tok, cfg.rollout.batch_size, cfg.rollout.packed_weights,
+                       cfg.rollout.lean_decode)
         ro = be.generate([e.prompt for e in exs], params, gen)
         scores = _score(rewards, exs, ro.texts, n)
         pairs = make_pairs(exs, ro.completion_ids, scores, n)

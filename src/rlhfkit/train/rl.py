@@ -89,7 +89,7 @@ class OnlineRL:
                                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                        top_k=cfg.rollout.top_k, n=self.G, stop=list(cfg.rollout.stop))
         self.backend = make_backend(cfg.rollout.backend, model, tokenizer, cfg.rollout.batch_size,
-                                    cfg.rollout.packed_weights)
+                                    cfg.rollout.packed_weights, cfg.rollout.lean_decode)
         self.pad_id = tokenizer.pad_token_id
         self.ptx: list[Example] = []
         self.ptx_pos = 0
