@@ -203,7 +203,7 @@ class HFBackend(RolloutBackend):
         return text[:cut] if cut >= 0 else text
 
     def _decode(self, run, rows: list[list[int]], params: SamplingParams, gens: list[torch.Generator]):
-        model, device = self.model, next(self.model.parameters()).device
+        device = next(self.model.parameters()).device
         B = len(rows)
         if any(len(r) == 0 for r in rows):
             raise ConfigError("a prompt rendered to zero tokens; check the data's prompt field")
