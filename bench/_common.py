@@ -136,7 +136,8 @@ def base_parser(stage: str, steps: int, batch_size: int, max_length: int) -> arg
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="", help="run one side only: rlhfkit | rlhfkit_gc | trl")
     ap.add_argument("--gc", action="store_true",
-                    help="also run rlhfkit with model.gradient_checkpointing (a third side: rlhfkit_gc)")
+                    help="also run rlhfkit in its memory-lean setting, model.gradient_checkpointing and "
+                         "train.return_freed_memory (a third side: rlhfkit_gc)")
     ap.add_argument("--json", default="", help="append the result record to this JSON list file")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--data", default="", help=argparse.SUPPRESS)
@@ -279,12 +280,14 @@ def rlhfkit_model_config(a):
 
 def rlhfkit_train_config(a, stage: str, lr: float = 1e-5):
     """rlhfkit TrainConfig matching :func:`trl_common_args`: constant LR, no warm-up, no
-    progress bar or TensorBoard, a fresh output dir (so no cached reference is reused)."""
+    progress bar or TensorBoard, a fresh output dir (so no cached reference is reused); the
+    rlhfkit_gc side also returns freed memory to the OS at once."""
     from rlhfkit.config import TrainConfig
 
     return TrainConfig(output_dir=tempfile.mkdtemp(prefix=f"rlhfkit-bench-{stage}-out-"), max_steps=a.steps,
                        batch_size=a.batch_size, lr=lr, lr_scheduler="constant", warmup_ratio=0.0,
-                       progress=False, tensorboard=False, threads=a.threads)
+                       progress=False, tensorboard=False, threads=a.threads,
+                       return_freed_memory=a.child == "rlhfkit_gc")
 
 
 def trl_common_args(stage: str, args) -> dict:

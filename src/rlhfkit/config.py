@@ -105,6 +105,10 @@ class TrainConfig:
     """cosine | linear | constant."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0 = off)."""
+    return_freed_memory: bool = False
+    """Give freed tensor memory back to the OS at once (glibc: blocks from 1 MiB get their own
+    mapping) instead of keeping it in the heap: lower peak RSS (SFT with checkpointing: 3.17 ->
+    2.60 GB), about a quarter more time. Linux/glibc only."""
     fused_optimizer: bool = True
     """AdamW as one fused kernel per parameter (no whole-model temporaries; the same update
     within float rounding); false = PyTorch's default AdamW implementation for the device."""

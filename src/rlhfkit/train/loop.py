@@ -113,6 +113,24 @@ def check_train_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"train.{key} must be {want}, got {getattr(cfg, key)!r}")
 
 
+def return_freed_memory(threshold: int = 1 << 20) -> bool:
+    """Make glibc serve allocations of ``threshold`` bytes and more from their own mappings, so
+    freeing them returns the memory to the OS instead of leaving reusable but resident holes in
+    the heap (which is what lets a CPU run's peak RSS creep up over the first steps). False
+    where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if not hasattr(libc, "gnu_get_libc_version"):
+            return False
+        M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False
+
+
 def start_run(cfg: TrainConfig) -> None:
     """Before a recipe builds anything: seed, and the CPU thread count (so reference
     precomputation and rollouts already run with ``train.threads``)."""
@@ -155,6 +173,8 @@ class Trainer:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         check_train_config(cfg)
+        if cfg.return_freed_memory and not return_freed_memory():
+            warnings.warn("train.return_freed_memory needs Linux with glibc; ignored", stacklevel=2)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         torch.manual_seed(cfg.seed)
         # data parallel: train.batch_size is per process; a global micro-batch of
