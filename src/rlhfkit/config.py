@@ -48,6 +48,10 @@ class ModelConfig:
     """Allow model code from the model directory/hub to run (off unless asked)."""
     attn_implementation: str = "sdpa"
     """sdpa | eager | flash_attention_2."""
+    segment_attention: bool = True
+    """With sdpa: packed training rows attend one sample block at a time (rlhfkit.models.segments),
+    so no score is computed between samples that cannot see each other; same results up to float
+    summation order. Generation is unaffected."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in backward instead of keeping them: much
     less memory for long sequences and big batches, about a third more compute."""

@@ -44,6 +44,7 @@ class Batch:
     num_examples: int
     examples: list[Example]
     num_real_tokens: int     # tokens that are not padding
+    blocks: list | None = None  # per row: (query start, end, prefix start, end) attention blocks
 
     @property
     def num_sequences(self) -> int:
@@ -119,16 +120,22 @@ def collate(examples: list[Example], *, pad_id: int, pack_length: int = 0,
     tgt_pos, tgt_ids, tgt_seq, tgt_mask = [], [], [], []
     seq_meta: dict[tuple[int, int], tuple[int, int]] = {}  # (example, completion) -> (last, len)
     real = 0
+    blocks: list[list[tuple[int, int, int, int]]] = []
     for r, unit_ids in enumerate(rows):
         col = 0
+        row_blocks: list[tuple[int, int, int, int]] = []
         for u in unit_ids:
             e, prompt, comps = units[u]
+            unit_start = col
+            shared = len(comps) != 1  # else prompt + completion is one causal block
             p = len(prompt)
             input_ids[r, col:col + p] = torch.tensor(prompt, dtype=torch.long)
             position_ids[r, col:col + p] = torch.arange(p)
             allowed[r, col:col + p, col:col + p] = torch.tril(torch.ones(p, p, dtype=torch.bool))
             prompt_start, prompt_end = col, col + p
             col += p
+            if shared and p:
+                row_blocks.append((prompt_start, prompt_end, prompt_start, prompt_start))
             for k, ids, mask in comps:
                 n = len(ids)
                 input_ids[r, col:col + n] = torch.tensor(ids, dtype=torch.long)
@@ -143,7 +150,12 @@ def collate(examples: list[Example], *, pad_id: int, pack_length: int = 0,
                 tgt_ids += ids
                 tgt_seq += [seq_index] * n
                 tgt_mask += mask
+                if shared and n:
+                    row_blocks.append((col, col + n, prompt_start, prompt_end))
                 col += n
+            if not shared and col > unit_start:
+                row_blocks.append((unit_start, col, unit_start, unit_start))
+        blocks.append(row_blocks)
         real += col
         for c in range(col, L):  # padding attends to itself only (keeps softmax finite)
             allowed[r, c, c] = True
@@ -157,7 +169,7 @@ def collate(examples: list[Example], *, pad_id: int, pack_length: int = 0,
         seq_example=torch.tensor([k[0] for k, _ in order], dtype=torch.long),
         seq_completion=torch.tensor([k[1] for k, _ in order], dtype=torch.long),
         seq_len=torch.tensor([v[1] for _, v in order], dtype=torch.long),
-        num_examples=len(examples), examples=examples, num_real_tokens=real)
+        num_examples=len(examples), examples=examples, num_real_tokens=real, blocks=blocks)
 
 
 def sequence_index(batch: Batch, num_completions: int) -> Tensor:

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..data.collate import Batch
 from .logprobs import chunked_logprobs
+from .segments import uses_segments
 
 
 def unwrap(model):
@@ -26,6 +27,8 @@ def unwrap(model):
 def hidden_states(model, batch: Batch, *, causal_lm: bool = True) -> Tensor:
     """Final (post-norm) hidden states, flattened to (R * L, H)."""
     kw = {"logits_to_keep": 1} if causal_lm else {}
+    if batch.blocks is not None and uses_segments(model):
+        kw["blocks"] = batch.blocks
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, output_hidden_states=True, use_cache=False, **kw)
     h = out.hidden_states[-1]                      # (R, L, H)

@@ -22,6 +22,7 @@ import torch
 
 from ..config import LoraConfig, ModelConfig
 from ..errors import ModelError
+from . import segments
 
 EMBEDDED_ALIASES = ("smollm2-135m", "smollm2-135m-instruct", "embedded", "default")
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -162,11 +163,21 @@ def _load_pretrained(cls, name: str, cfg: ModelConfig, **kw):
     dtype = _DTYPES.get(cfg.dtype)
     if dtype is None:
         raise ModelError(f"unknown dtype '{cfg.dtype}'; use one of {sorted(set(_DTYPES))}")
+    attn = cfg.attn_implementation
+    if attn == "sdpa" and cfg.segment_attention:
+        attn = segments.register()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return cls.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
-                                       attn_implementation=cfg.attn_implementation, **kw)
+            try:
+                return cls.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                                           attn_implementation=attn, **kw)
+            except ValueError:
+                if attn == cfg.attn_implementation:
+                    raise
+                # an architecture without the pluggable attention interface: plain sdpa
+                return cls.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                                           attn_implementation=cfg.attn_implementation, **kw)
     except (OSError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(f"could not load model '{name}': {msg}. Give an HF model directory, a "
