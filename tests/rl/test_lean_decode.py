@@ -122,3 +122,22 @@ def test_unsupported_models_are_named_and_fall_back(tok):
     lm = get_peft_model(tiny_model(tok, seed=5), LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).eval()
     ro = HFBackend(lm, tok).generate([[5, 6, 7]], SamplingParams(max_new_tokens=4, temperature=0))
     assert len(ro.completion_ids[0]) == 4
+
+
+def test_input_embedding_hooks_do_not_fire(tok):
+    """A checkpointing model makes its input embeddings require grad through a forward hook;
+    decoding must neither trigger it nor trip tools that track modules (the FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    lm = tiny_model(tok, seed=5)
+    lm.gradient_checkpointing_enable()
+    lm.enable_input_require_grads()
+    lm.train()
+    fired = []
+    lm.get_input_embeddings().register_forward_hook(lambda *a: fired.append(1))
+    sp = SamplingParams(max_new_tokens=3, temperature=0)
+    with FlopCounterMode(display=False) as fc:
+        a = HFBackend(lm, tok).generate([[5, 6, 7, 8]], sp)
+    assert fired == [] and fc.get_total_flops() > 0
+    b = HFBackend(lm, tok, lean_decode=False).generate([[5, 6, 7, 8]], sp)
+    assert a.completion_ids == b.completion_ids and lm.training

@@ -58,6 +58,8 @@ def lean_decoder_issue(model) -> str | None:
             return "projection layers other than plain nn.Linear (LoRA or quantized layers)"
         if hasattr(a, "q_norm") or hasattr(a, "k_norm"):
             return "per-head query/key norms"
+    if type(getattr(base, "embed_tokens", None)) is not nn.Embedding:
+        return "input embeddings other than plain nn.Embedding"
     if type(m.get_output_embeddings()) is not nn.Linear:
         return "LM head other than plain nn.Linear"
     return None
@@ -133,7 +135,9 @@ class LeanDecoder:
         ``mask`` (B, 1, S, t+S) bool: which keys each query sees. Last position's logits."""
         B, S = ids.shape
         t0, t1 = self.t, self.t + S
-        x = self.base.embed_tokens(ids).reshape(B * S, -1)
+        # the functional embedding, not the module: hooks some wrappers put on the input
+        # embeddings (e.g. to make them require grad for checkpointing) must not fire here
+        x = F.embedding(ids, self.base.embed_tokens.weight).reshape(B * S, -1)
         cos, sin = self.base.rotary_emb(x, pos)          # (B, S, hd)
         h = self.hd // 2
         cos, sin = cos[:, None], torch.cat((-sin[..., :h], sin[..., h:]), -1)[:, None]  # over heads
