@@ -44,17 +44,29 @@ def packed_linear_available() -> bool:
     return _SUPPORTED
 
 
+def reorder_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """``weight`` (out, in) in oneDNN's blocked layout for inputs of about ``rows`` rows."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, int(rows)))
+
+
+def packed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ W.T + bias`` for a weight from :func:`reorder_weight` (any leading dims)."""
+    shape = x.shape
+    y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]).contiguous(), packed, bias, "none", [], "")
+    return y.view(*shape[:-1], y.shape[-1])
+
+
+def few_rows(x: torch.Tensor) -> bool:
+    """Fewer than MIN_ROWS input rows: the plain GEMV is as fast or faster."""
+    return x.numel() < MIN_ROWS * x.shape[-1]
+
+
 def _packed_forward(packed: torch.Tensor):
     def forward(self, x):
         if (torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu"
-                or self.weight.dtype != torch.float32):
+                or self.weight.dtype != torch.float32 or few_rows(x)):
             return nn.functional.linear(x, self.weight, self.bias)
-        shape = x.shape
-        if x.numel() < MIN_ROWS * shape[-1]:  # one or two rows: the plain GEMV is as fast or faster
-            return nn.functional.linear(x, self.weight, self.bias)
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]).contiguous(), packed,
-                                              self.bias, "none", [], "")
-        return y.view(*shape[:-1], y.shape[-1])
+        return packed_matmul(x, packed, self.bias)
     return forward
 
 
@@ -70,8 +82,7 @@ def packed_linears(model: nn.Module, rows: int = 8, enabled: bool = True):
     try:
         with torch.no_grad():
             for m in mods:
-                packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), max(1, int(rows)))
-                m.forward = types.MethodType(_packed_forward(packed), m)
+                m.forward = types.MethodType(_packed_forward(reorder_weight(m.weight, rows)), m)
         yield model
     finally:
         for m in mods:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.forward import unwrap
-from ..models.packed import MIN_ROWS, packed_linear_available
+from ..models.packed import few_rows, packed_linear_available, packed_matmul, reorder_weight
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
 
@@ -66,20 +66,27 @@ def lean_decoder_issue(model) -> str | None:
 
 
 class _Linear:
-    """``x @ W.T + b`` with W reordered for oneDNN when it pays off (from MIN_ROWS rows)."""
+    """``x @ W.T + b`` for the row-wise concatenation W of one or more ``nn.Linear`` layers.
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, rows: int, packed: bool):
-        self.w, self.b = weight, bias
-        self.p = torch.ops.mkldnn._reorder_linear_weight(weight, max(1, rows)) if packed else None
+    With ``packed``, W lives only in oneDNN's layout; inputs of fewer than MIN_ROWS rows use
+    the layers' own weights (no concatenated copy is kept). Without, W is one concatenated
+    matrix (a copy only when there are several layers)."""
+
+    def __init__(self, layers: list[nn.Linear], rows: int, packed: bool):
+        self.layers = layers
+        bias = [m.bias for m in layers]
+        self.b = None if bias[0] is None else torch.cat([b.detach() for b in bias])
+        w = layers[0].weight.detach() if len(layers) == 1 else torch.cat([m.weight.detach() for m in layers])
+        self.p = reorder_weight(w, rows) if packed else None
+        self.w = None if packed else w
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.p is None or x.shape[0] < MIN_ROWS:
+        if self.p is None:
             return F.linear(x, self.w, self.b)
-        return torch.ops.mkldnn._linear_pointwise(x, self.p, self.b, "none", [], "")
-
-
-def _cat(*ts: Tensor | None) -> Tensor | None:
-    return None if ts[0] is None else torch.cat([t.detach() for t in ts], 0)
+        if not few_rows(x):
+            return packed_matmul(x, self.p, self.b)
+        outs = [F.linear(x, m.weight, m.bias) for m in self.layers]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, -1)
 
 
 class LeanDecoder:
@@ -108,15 +115,12 @@ class LeanDecoder:
                 a, f = layer.self_attn, layer.mlp
                 self.layers.append((
                     layer.input_layernorm,
-                    _Linear(_cat(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight),
-                            _cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias), rows, packed),
-                    _Linear(a.o_proj.weight.detach(), None, rows, packed),
+                    _Linear([a.q_proj, a.k_proj, a.v_proj], rows, packed),
+                    _Linear([a.o_proj], rows, packed),
                     layer.post_attention_layernorm,
-                    _Linear(_cat(f.gate_proj.weight, f.up_proj.weight), None, rows, packed),
-                    _Linear(f.down_proj.weight.detach(), None, rows, packed)))
-            head = m.get_output_embeddings()
-            self.head = _Linear(head.weight.detach(), None if head.bias is None else head.bias.detach(),
-                                rows, packed)
+                    _Linear([f.gate_proj, f.up_proj], rows, packed),
+                    _Linear([f.down_proj], rows, packed)))
+            self.head = _Linear([m.get_output_embeddings()], rows, packed)
         self.k: list[Tensor] = []
         self.v: list[Tensor] = []
         self.key_ok: Tensor | None = None   # (B, cap) which cache columns hold real tokens

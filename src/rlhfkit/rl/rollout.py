@@ -14,7 +14,8 @@ its linear layers run through oneDNN with the weights reordered at the start of 
 (``packed_weights``, :mod:`rlhfkit.models.packed`; the same results up to float summation
 order), and Llama-family fp32 models are run by :class:`~rlhfkit.rl.lean_decode.LeanDecoder`
 (``lean_decode``: fused projections and a preallocated cache, the same mathematics with
-fewer operations per token) instead of the generic forward. A GPU engine (e.g. vLLM) plugs in by implementing ``generate`` and ``sync_weights``.
+fewer operations per token) instead of the generic forward. A GPU engine (e.g. vLLM) plugs
+in by implementing ``generate`` and ``sync_weights``.
 
 Sampling is batch-invariant: sample ``i`` of a call draws its noise from its own generator,
 seeded from one draw of the caller's RNG and its global row number (``row_offset + i``), and
