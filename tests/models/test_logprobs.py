@@ -76,16 +76,25 @@ def test_entropy_none_by_default(data):
     np.testing.assert_allclose(logp.double().numpy(), np_ref(h, w, y)[0], **TOL)
 
 
-def test_entropy_gradient_matches_numpy():
+@pytest.mark.parametrize("uses", ["both", "logp", "entropy"])
+def test_entropy_gradient_matches_numpy(uses):
     """An entropy bonus backpropagates: d/dz of H = -sum p log p is -p (log p + H), checked
-    against a float64 numpy computation of the same chain rule through logits = h W^T / t."""
+    against a float64 numpy computation of the same chain rule through logits = h W^T / t.
+    Also with only one of the two outputs in the loss (the other gets no gradient: an entropy
+    kept as a metric, or an entropy-only objective)."""
     rng = np.random.default_rng(3)
     h, w = rng.normal(size=(5, 4)), rng.normal(size=(9, 4))
     y, t = np.array([0, 3, 8, 2, 2]), 0.8
     a, c = rng.normal(size=5), rng.normal(size=5)          # upstream grads of logp and entropy
+    a, c = (a if uses != "entropy" else 0 * a), (c if uses != "logp" else 0 * c)
     ht, wt = torch.tensor(h, dtype=torch.float32, requires_grad=True), torch.tensor(w, dtype=torch.float32, requires_grad=True)
     logp, ent = chunked_logprobs(ht, wt, torch.tensor(y), chunk=2, temperature=t, entropy=True)
-    (logp * torch.tensor(a, dtype=torch.float32) + ent * torch.tensor(c, dtype=torch.float32)).sum().backward()
+    loss = 0
+    if uses != "entropy":
+        loss = loss + (logp * torch.tensor(a, dtype=torch.float32)).sum()
+    if uses != "logp":
+        loss = loss + (ent * torch.tensor(c, dtype=torch.float32)).sum()
+    loss.backward()
     z = h @ w.T / t
     logq = z - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)) - z.max(1, keepdims=True)
     p = np.exp(logq)

@@ -16,6 +16,7 @@ class _ChunkedLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
                 chunk: int, temperature: float, want_entropy: bool):
+        ctx.set_materialize_grads(False)  # an entropy kept only as a metric costs no backward work
         n = hidden.shape[0]
         logp = hidden.new_empty(n, dtype=torch.float32)
         lse_all = hidden.new_empty(n, dtype=torch.float32)
@@ -23,13 +24,16 @@ class _ChunkedLogprob(torch.autograd.Function):
         for s in range(0, n, chunk):
             logits = _logits(hidden[s:s + chunk], weight, bias, temperature)  # (c, V) fp32
             picked = logits.gather(1, targets[s:s + chunk, None]).squeeze(1)
-            if want_entropy:
-                lse = torch.logsumexp(logits, dim=-1)
-                p = torch.softmax(logits, dim=-1)
-                ent[s:s + chunk] = lse - (p * logits).sum(-1)
+            mx = logits.amax(-1, keepdim=True)
+            z = logits.sub_(mx)  # shifted in place
+            if want_entropy:  # H = log S - sum(e z) / S with e = exp(z), S = sum(e)
+                e = z.exp()
+                tot = e.sum(-1)
+                ez = (e.unsqueeze(1) @ z.unsqueeze(2)).view(-1)  # row-wise dot, no product buffer
+                ent[s:s + chunk] = tot.log() - ez / tot
+                lse = tot.log_().add_(mx.squeeze(1))
             else:  # logsumexp in place: no second [chunk x vocab] buffer
-                mx = logits.amax(-1, keepdim=True)
-                lse = logits.sub_(mx).exp_().sum(-1).log_().add_(mx.squeeze(1))
+                lse = z.exp_().sum(-1).log_().add_(mx.squeeze(1))
             lse_all[s:s + chunk] = lse
             logp[s:s + chunk] = picked - lse
         ctx.save_for_backward(hidden, weight, bias, targets, lse_all, ent)
