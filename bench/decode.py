@@ -4,7 +4,10 @@ linears) and HF ``generate``. Greedy by default, so all produce the same tokens 
 ``--temperature 1`` samples as GRPO does (every row runs to the token limit far more often),
 and the rlhfkit variants are checked against each other (their sampling is seeded per row).
 
-    python bench/decode.py [--rows 8 --new_tokens 128 --threads 2 --reps 3 --temperature 0]
+    python bench/decode.py [--rows 8 --new_tokens 128 --threads 2 --reps 3 --temperature 0 --n 1]
+
+``--n 4`` samples each of rows/4 prompts 4 times (as GRPO groups do) and adds a row with
+``shared_prefill`` off (every row prefills its own copy of the prompt).
 
 Prompts are the first GSM8K questions as plain "Question: ...\nAnswer:" text. Each
 repetition runs the two in turn; the table reports the median seconds per call, ms per
@@ -30,6 +33,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--n", type=int, default=1, help="samples per prompt (rows / n distinct prompts)")
     a = ap.parse_args()
     import torch
 
@@ -39,18 +43,20 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     model, tok = load_model(C.model_dir())
     model.eval()
-    prompts = [tok(r["prompt"])["input_ids"] for r in C.gsm8k_rows(a.rows)]
-    sp = SamplingParams(max_new_tokens=a.new_tokens, temperature=a.temperature)
+    n = max(1, a.n)
+    prompts = [tok(r["prompt"])["input_ids"] for r in C.gsm8k_rows(max(1, a.rows // n))]
+    sp = SamplingParams(max_new_tokens=a.new_tokens, temperature=a.temperature, n=n)
+    rows = [p for p in prompts for _ in range(n)]
     greedy = a.temperature <= 0
     fast = HFBackend(model, tok, a.rows)
     hf_fwd = HFBackend(model, tok, a.rows, lean_decode=False)
     plain = HFBackend(model, tok, a.rows, packed_weights=False, lean_decode=False)
 
     def hf_generate():
-        L = max(map(len, prompts))
-        ids = torch.full((len(prompts), L), tok.pad_token_id, dtype=torch.long)
+        L = max(map(len, rows))
+        ids = torch.full((len(rows), L), tok.pad_token_id, dtype=torch.long)
         att = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
+        for i, p in enumerate(rows):
             ids[i, L - len(p):], att[i, L - len(p):] = torch.tensor(p), 1
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=a.new_tokens, do_sample=not greedy,
@@ -74,6 +80,9 @@ def main() -> None:
             "rlhfkit, HF forward + packed weights (lean_decode false)": seeded(hf_fwd),
             "rlhfkit, HF forward + plain linears (both false)": seeded(plain),
             "HF generate": hf_generate}
+    if n > 1:
+        runs["rlhfkit lean decoder, shared_prefill false"] = seeded(
+            HFBackend(model, tok, a.rows, shared_prefill=False))
     times: dict[str, list[float]] = {k: [] for k in runs}
     outs = {}
     for _ in range(a.reps):
@@ -85,7 +94,7 @@ def main() -> None:
     same = {k: (v == ref) if greedy or k != "HF generate" else "n/a (own sampler)" for k, v in outs.items()}
     steps = max(map(len, ref))
     base = statistics.median(times["HF generate"])
-    print(f"decode: {a.rows} rows x up to {a.new_tokens} new tokens ({steps} decode steps, "
+    print(f"decode: {len(rows)} rows ({len(prompts)} prompts x {n}) x up to {a.new_tokens} new tokens ({steps} decode steps, "
           f"{sum(map(len, ref))} tokens), {'greedy' if greedy else f'temperature {a.temperature}'}, "
           f"{a.threads} threads, median of {a.reps}")
     print("| engine | s per call | ms per decode step | speed vs HF generate | same tokens |")

@@ -34,7 +34,7 @@ from .models.forward import completion_logprobs
 from .models.loading import load_model
 from .rewards.base import RewardConfig, build_rewards, reward_config_from
 from .rl.config import RolloutConfig
-from .rl.rollout import HFBackend, SamplingParams
+from .rl.rollout import HFBackend, SamplingParams, rollout_options
 
 
 @dataclasses.dataclass
@@ -135,8 +135,7 @@ def evaluate_policy(cfg: EvalConfig, log=print) -> dict:
     extras = [{f: v for f, v in ex.extra.items() if f != "prompt"} for ex in rows]
 
     def sample(model):
-        return HFBackend(model, tok, cfg.batch_size, cfg.rollout.packed_weights,
-                         cfg.rollout.lean_decode).generate(
+        return HFBackend(model, tok, **{**rollout_options(cfg.rollout), "batch_size": cfg.batch_size}).generate(
             [ex.prompt for ex in exs], params, generator=torch.Generator().manual_seed(cfg.seed))
 
     def side(ro) -> dict:

@@ -141,3 +141,29 @@ def test_input_embedding_hooks_do_not_fire(tok):
     assert fired == [] and fc.get_total_flops() > 0
     b = HFBackend(lm, tok, lean_decode=False).generate([[5, 6, 7, 8]], sp)
     assert a.completion_ids == b.completion_ids and lm.training
+
+
+@pytest.mark.parametrize("lean", [True, False])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prefill_same_rollout_and_prefills_each_prompt_once(tok, monkeypatch, lean, temperature):
+    """A prompt sampled n times is prefilled once (3 distinct prompts -> 3 prefill rows, not 9,
+    with a repeated prompt in the list counted once) and the rollout equals per-row prefill:
+    same tokens, log-probs within 1e-5, on both decode engines."""
+    from rlhfkit.rl import rollout
+
+    lm = tiny_model(tok, seed=5).eval()
+    prompts = [tok(t)["input_ids"] for t in ("What is 2 + 3?", "Hi", "Hello there, how are you doing?", "Hi")]
+    sp = SamplingParams(max_new_tokens=10, temperature=temperature, n=3, stop=["e"])
+    rows = []
+    for cls in (LeanDecoder, rollout._HFStepper):
+        real = cls.prefill
+        monkeypatch.setattr(cls, "prefill", lambda self, ids, *a, _r=real, **k: rows.append(ids.shape[0]) or _r(self, ids, *a, **k))
+    run = {s: HFBackend(lm, tok, lean_decode=lean, shared_prefill=s).generate(
+        prompts, sp, generator=torch.Generator().manual_seed(3)) for s in (True, False)}
+    assert rows == [3, 12]
+    assert run[True].completion_ids == run[False].completion_ids
+    assert len(run[True].completion_ids) == 12
+    diff = max(abs(x - y) for la, lb in zip(run[True].logprobs, run[False].logprobs) for x, y in zip(la, lb))
+    assert diff < 1e-5
+    if temperature > 0:  # the copies of one prompt draw their own samples
+        assert len({tuple(c) for c in run[True].completion_ids[:3]}) > 1

@@ -37,6 +37,9 @@ class RolloutConfig:
     """Llama/Mistral/Qwen2 fp32 models on the CPU decode through a dedicated forward (fused q/k/v
     and gate/up projections, preallocated cache; same results up to float summation order);
     false (or another model) = the model's own Hugging Face forward."""
+    shared_prefill: bool = True
+    """A prompt sampled n times is prefilled once and its KV cache copied to its n rows (same
+    results up to float summation order); false = every row prefills its own copy."""
 
 
 @dataclass

@@ -155,9 +155,9 @@ class HFBackend(RolloutBackend):
     """KV-cache decode loop on a Hugging Face causal LM (see the module docstring)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 64, packed_weights: bool = True,
-                 lean_decode: bool = True):
+                 lean_decode: bool = True, shared_prefill: bool = True):
         self.model, self.tok, self.batch_size = model, tokenizer, max(1, int(batch_size))
-        self.packed_weights, self.lean_decode = packed_weights, lean_decode
+        self.packed_weights, self.lean_decode, self.shared_prefill = packed_weights, lean_decode, shared_prefill
         eos = tokenizer.eos_token_id
         cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         ids = set([eos] if isinstance(eos, int) else list(eos or []))
@@ -208,14 +208,21 @@ class HFBackend(RolloutBackend):
         B = len(rows)
         if any(len(r) == 0 for r in rows):
             raise ConfigError("a prompt rendered to zero tokens; check the data's prompt field")
-        Lp = max(len(r) for r in rows)
-        ids = torch.full((B, Lp), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((B, Lp), dtype=torch.long)
-        for b, r in enumerate(rows):  # left padding
+        uniq: dict[tuple, int] = {}  # each distinct prompt is prefilled once (shared_prefill)
+        copy_of = [uniq.setdefault(tuple(r), len(uniq)) for r in rows] if self.shared_prefill else list(range(B))
+        pre = [list(u) for u in uniq] if self.shared_prefill else rows
+        Lp = max(len(r) for r in pre)
+        ids = torch.full((len(pre), Lp), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(pre), Lp), dtype=torch.long)
+        for b, r in enumerate(pre):  # left padding
             ids[b, Lp - len(r):] = torch.tensor(r)
             attn[b, Lp - len(r):] = 1
         ids, attn = ids.to(device), attn.to(device)
         logits = run.prefill(ids, attn, capacity=Lp + params.max_new_tokens)
+        if len(pre) < B:  # copy each prompt's cache and next-token logits to its rows
+            copy_of = torch.tensor(copy_of, device=device)
+            run.select(copy_of)
+            logits = logits.index_select(0, copy_of)
         live = torch.arange(B, device=device)       # original row of each batch row still decoding
         comps = [[] for _ in range(B)]
         logps = [[] for _ in range(B)]
@@ -279,11 +286,17 @@ class _HFStepper:
 BACKENDS = {"hf": HFBackend}
 
 
-def make_backend(name: str, model, tokenizer, batch_size: int = 64, packed_weights: bool = True,
-                 lean_decode: bool = True) -> RolloutBackend:
+def rollout_options(rc) -> dict:
+    """Constructor options of the HF backend from a :class:`~rlhfkit.rl.config.RolloutConfig`."""
+    return dict(batch_size=rc.batch_size, packed_weights=rc.packed_weights, lean_decode=rc.lean_decode,
+                shared_prefill=rc.shared_prefill)
+
+
+def make_backend(name: str, model, tokenizer, **options) -> RolloutBackend:
+    """The rollout engine ``name`` (``options``: see :func:`rollout_options`)."""
     if name == "vllm":
         raise ConfigError("rollout.backend=vllm is not available in this build; use rollout.backend=hf "
                           "(the interface for another engine is rlhfkit.rl.rollout.RolloutBackend)")
     if name not in BACKENDS:
         raise ConfigError(f"unknown rollout.backend '{name}'; use one of {sorted(BACKENDS)}")
-    return BACKENDS[name](model, tokenizer, batch_size, packed_weights, lean_decode)
+    return BACKENDS[name](model, tokenizer, **options)

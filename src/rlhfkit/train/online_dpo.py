@@ -34,7 +34,7 @@ from ..models.forward import unwrap
 from ..models.loading import load_model
 from ..rewards.base import RewardConfig, build_rewards, reward_config_from
 from ..rl.config import RolloutConfig
-from ..rl.rollout import HFBackend, SamplingParams
+from ..rl.rollout import HFBackend, SamplingParams, rollout_options
 from . import dpo
 from .checkpoint import latest_checkpoint, load_state, save_state
 from .common import save_model
@@ -92,8 +92,7 @@ def make_pairs(exs: list[Example], completions: list[list[int]], scores: list[fl
 def evaluate(model, tok, rewards, evals: list[Example], cfg: OnlineDPOConfig,
              generator: torch.Generator | None = None) -> dict:
     model.eval()
-    be = HFBackend(model, tok, cfg.rollout.batch_size, cfg.rollout.packed_weights,
-                   cfg.rollout.lean_decode)
+    be = HFBackend(model, tok, **rollout_options(cfg.rollout))
     base = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                           top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=list(cfg.rollout.stop))
     g = be.generate([e.prompt for e in evals], dataclasses.replace(base, temperature=0.0, n=1))
@@ -155,8 +154,7 @@ def run(cfg: OnlineDPOConfig, log=print) -> dict:
         start = ((r - 1) * cfg.prompts_per_round) % len(train)
         exs = [train[(start + i) % len(train)] for i in range(min(cfg.prompts_per_round, len(train)))]
         model.eval()
-        be = HFBackend(model, tok, cfg.rollout.batch_size, cfg.rollout.packed_weights,
-                       cfg.rollout.lean_decode)
+        be = HFBackend(model, tok, **rollout_options(cfg.rollout))
         ro = be.generate([e.prompt for e in exs], params, gen)
         scores = _score(rewards, exs, ro.texts, n)
         pairs = make_pairs(exs, ro.completion_ids, scores, n)

@@ -54,7 +54,7 @@ from ..rl.config import (CriticConfig, GRPOConfig, PPOConfig, RLConfig, RolloutC
                          kl_placement, validate)
 from ..rl.kl_control import make_kl_controller
 from ..rl.monitors import RewardHackingMonitor
-from ..rl.rollout import SamplingParams, make_backend
+from ..rl.rollout import SamplingParams, make_backend, rollout_options
 from .common import dist_rank, dist_sum, save_model
 from .loop import Recipe, Trainer, start_run
 
@@ -88,8 +88,7 @@ class OnlineRL:
         self.sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens,
                                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                        top_k=cfg.rollout.top_k, n=self.G, stop=list(cfg.rollout.stop))
-        self.backend = make_backend(cfg.rollout.backend, model, tokenizer, cfg.rollout.batch_size,
-                                    cfg.rollout.packed_weights, cfg.rollout.lean_decode)
+        self.backend = make_backend(cfg.rollout.backend, model, tokenizer, **rollout_options(cfg.rollout))
         self.pad_id = tokenizer.pad_token_id
         self.ptx: list[Example] = []
         self.ptx_pos = 0
