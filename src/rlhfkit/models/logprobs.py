@@ -30,8 +30,9 @@ class _ChunkedLogprob(torch.autograd.Function):
                 e = z.exp()
                 tot = e.sum(-1)
                 ez = (e.unsqueeze(1) @ z.unsqueeze(2)).view(-1)  # row-wise dot, no product buffer
-                ent[s:s + chunk] = tot.log() - ez / tot
-                lse = tot.log_().add_(mx.squeeze(1))
+                log_tot = tot.log()
+                ent[s:s + chunk] = log_tot - ez / tot
+                lse = log_tot.add_(mx.squeeze(1))
             else:  # logsumexp in place: no second [chunk x vocab] buffer
                 lse = z.exp_().sum(-1).log_().add_(mx.squeeze(1))
             lse_all[s:s + chunk] = lse
