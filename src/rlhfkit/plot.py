@@ -1,4 +1,4 @@
-"""``rlhfkit plot RUN_DIR``: PNG curves from a run's ``metrics.jsonl`` (matplotlib extra)."""
+"""``rlhfkit plot RUN_DIR``: PNG curves from a run's ``metrics.jsonl`` (matplotlib, a core dependency)."""
 
 from __future__ import annotations
 
@@ -58,12 +58,9 @@ def group_of(key: str) -> str | None:
 
 def plot_run(run_dir: str, out_dir: str = "", log=print) -> list[str]:
     """Write one PNG per metric group; return their paths."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ConfigError("plotting needs matplotlib: pip install 'rlhfkit[plot]'") from None
+    import matplotlib  # a core dependency (pyproject.toml)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     data = series(read_metrics(run_dir))
     out_dir = out_dir or os.path.join(run_dir if os.path.isdir(run_dir) else os.path.dirname(run_dir), "plots")
     os.makedirs(out_dir, exist_ok=True)

@@ -9,7 +9,7 @@ the KL reference), the verifier's exact match logged beside it as a gold reward 
 so reward-model gaming shows. Then every trained policy (SFT, DPO, PPO) is evaluated against
 the starting model on the held-out problems with ``rlhfkit eval``: win-rate judged by the
 reward model (95 % CI), KL, response length and exact match. Prints both tables, writes PNG
-curves of every stage (when matplotlib is installed) and everything else under the output dir.
+curves of every stage and everything else under the output dir.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .train import dpo, reward, rl, sft
 
 
 def _plots(out: str, log) -> list[str]:
-    """PNG curves of every stage (skipped, with a note, when matplotlib is missing)."""
+    """PNG curves of every stage (a note instead when plotting fails, so the results still print)."""
     from .errors import ConfigError
     from .plot import plot_run
 
