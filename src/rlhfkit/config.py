@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -17,6 +18,57 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_range(key: str, value: Any, lo: float | None = None, hi: float | None = None, *,
+                lo_open: bool = False, hi_open: bool = False, finite: bool = True) -> None:
+    """ConfigError unless ``value`` is a number in the interval (message names key and range).
+
+    ``check_range("train.lr", x, lo=0)`` accepts finite x >= 0; ``lo_open`` / ``hi_open``
+    exclude the bound itself.
+    """
+    bounds = []
+    if lo is not None:
+        bounds.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        bounds.append(f"{'<' if hi_open else '<='} {hi:g}")
+    want = ("a finite number" if finite else "a number") + (" " + " and ".join(bounds) if bounds else "")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if ok and finite:
+        ok = math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        raise ConfigError(f"{key} must be {want} (got {value!r})")
+
+
+def check_choice(key: str, value: Any, choices) -> None:
+    """ConfigError unless ``value`` is one of ``choices`` (message lists them)."""
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))} (got {value!r})")
+
+
+def validate_all(cfg: Any, prefix: str = "") -> Any:
+    """Run ``validate()`` of ``cfg`` and of every nested config dataclass that defines one.
+
+    Nested sections validate first, so a recipe's own checks may rely on valid sections.
+    ``validate`` takes the key prefix of its section (e.g. ``"train."``) for its messages.
+    """
+    for f in dataclasses.fields(cfg):
+        val = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(val) and not isinstance(val, type):
+            validate_all(val, prefix + f.name + ".")
+    fn = getattr(cfg, "validate", None)
+    if callable(fn):
+        import inspect
+
+        fn(prefix) if len(inspect.signature(fn).parameters) >= 1 else fn()
+    return cfg
 
 
 @dataclasses.dataclass
@@ -33,6 +85,11 @@ class LoraConfig:
     """Comma-separated module names, or 'all-linear'."""
     merge: bool = False
     """Merge the adapters into the base weights when saving the final model."""
+
+    def validate(self, p: str = "lora.") -> None:
+        check_range(p + "r", self.r, lo=0)
+        check_range(p + "alpha", self.alpha, lo=0, lo_open=True)
+        check_range(p + "dropout", self.dropout, lo=0, hi=1, hi_open=True)
 
 
 @dataclasses.dataclass
@@ -58,6 +115,13 @@ class ModelConfig:
     gradient_checkpointing_every: int = 1
     """With gradient_checkpointing: checkpoint every N-th decoder layer only (less recompute,
     less memory saved)."""
+
+    def validate(self, p: str = "model.") -> None:
+        check_choice(p + "dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        check_choice(p + "attn_implementation", self.attn_implementation,
+                     ("sdpa", "eager", "flash_attention_2"))
+        check_range(p + "freeze_layers", self.freeze_layers, lo=0)
+        check_range(p + "gradient_checkpointing_every", self.gradient_checkpointing_every, lo=1)
 
 
 @dataclasses.dataclass
@@ -86,6 +150,14 @@ class DataConfig:
     """'auto' (conversational rows use the model's template, plain strings do not) | 'always' | 'never'."""
     skip_invalid: bool = False
     """Skip malformed rows (counted in the log) instead of stopping with an error."""
+
+    def validate(self, p: str = "data.") -> None:
+        check_range(p + "max_length", self.max_length, lo=2)
+        check_range(p + "max_prompt_length", self.max_prompt_length, lo=0, hi=self.max_length,
+                    hi_open=True)
+        check_choice(p + "prompt_truncation", self.prompt_truncation, ("drop", "left"))
+        check_choice(p + "completion_truncation", self.completion_truncation, ("right", "drop"))
+        check_choice(p + "chat_template", self.chat_template, ("auto", "always", "never"))
 
 
 @dataclasses.dataclass
@@ -143,6 +215,20 @@ class TrainConfig:
     """Show a progress bar."""
     tensorboard: bool = True
     """Also log to TensorBoard when it is installed."""
+
+    def validate(self, p: str = "train.") -> None:
+        check_range(p + "lr", self.lr, lo=0)
+        check_range(p + "weight_decay", self.weight_decay, lo=0)
+        check_range(p + "warmup_ratio", self.warmup_ratio, lo=0, hi=1)
+        check_range(p + "epochs", self.epochs, lo=0, lo_open=True)
+        check_range(p + "max_grad_norm", self.max_grad_norm, lo=0)
+        for key, lo in (("max_steps", 0), ("batch_size", 1), ("grad_accum", 1), ("eval_steps", 0),
+                        ("eval_batch_size", 1), ("save_steps", 0), ("save_total_limit", 1),
+                        ("threads", 0), ("logprob_chunk", 1), ("pack_length", 0),
+                        ("logging_steps", 1)):
+            check_range(p + key, getattr(self, key), lo=lo)
+        check_choice(p + "lr_scheduler", self.lr_scheduler, ("cosine", "linear", "constant"))
+        check_choice(p + "best_mode", self.best_mode, ("max", "min"))
 
 
 # --------------------------------------------------------------------------- parsing
@@ -248,12 +334,28 @@ def _target_is_str(cfg: Any, parts: list[str]) -> bool:
     return _field_types(type(obj)).get(parts[-1]) is str
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML loader that refuses a mapping with the same key twice (instead of keeping the
+    last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first at line {seen[key] + 1}, again at line "
+                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)  # safe loader: no arbitrary object construction
+            data = yaml.load(f, Loader=_UniqueKeyLoader)  # safe: no arbitrary objects
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if data is None:
@@ -270,7 +372,7 @@ def build_config(cls, config_path: str | None = None, overrides: list[tuple[str,
         apply_dict(cfg, load_yaml(config_path))
     for key, value in overrides:
         set_dotted(cfg, key, value)
-    return cfg
+    return validate_all(cfg)
 
 
 def to_dict(cfg: Any) -> dict:

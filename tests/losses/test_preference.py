@@ -32,7 +32,7 @@ BATCH = {
     "kc": [0.1, 0.2, 0.0], "kr": [0.3, 0.1, 0.05],
 }
 BETA = 0.5
-NAMES = {"sigmoid", "robust", "hinge", "ipo", "rdpo", "simpo", "orpo", "tdpo", "f_divergence"}
+NAMES = {"sigmoid", "cdpo", "robust", "hinge", "ipo", "rdpo", "simpo", "orpo", "tdpo", "f_divergence"}
 
 
 # --------------------------------------------------------------------------- numpy references
@@ -51,22 +51,26 @@ def np_fprime(h, kind, a):
 
 
 def np_loss(name, p, b):
-    """Per-pair loss (N,) straight from the formulas of DESIGN.md §4."""
+    """Per-pair loss (N,) straight from the papers' formulas (docs/algorithms.md)."""
     hw, hl = b["pc"] - b["rc"], b["pr"] - b["rr"]
     d = hw - hl
     if name == "sigmoid":
         eps = p.get("label_smoothing", 0.0)
         return -(1 - eps) * logsig(BETA * d) - eps * logsig(-BETA * d)
-    if name == "robust":
+    if name == "cdpo":
         eps = p["label_smoothing"]
         return -(1 - eps) * logsig(BETA * d) - eps * logsig(-BETA * d)
+    if name == "robust":  # rDPO, Chowdhury et al. 2024, eq. 8
+        eps = p["label_smoothing"]
+        return (-(1 - eps) * logsig(BETA * d) + eps * logsig(-BETA * d)) / (1 - 2 * eps)
     if name == "hinge":
         return np.maximum(0.0, 1 - BETA * d)
     if name == "ipo":
         dd = hw / b["lc"] - hl / b["lr"] if p["ipo_length_normalize"] else d
         return (dd - 1 / (2 * BETA)) ** 2
     if name == "rdpo":
-        return -logsig(BETA * d - p["alpha"] * (b["lc"] - b["lr"]))
+        # Park et al. 2024: reward β·h(y) + α|y|, so the logit is βΔ + α|y_w| - α|y_l|
+        return -logsig(BETA * d + p["alpha"] * b["lc"] - p["alpha"] * b["lr"])
     if name == "simpo":
         return -logsig(BETA * b["pc"] / b["lc"] - BETA * b["pr"] / b["lr"] - p["gamma"])
     if name == "orpo":
@@ -88,6 +92,8 @@ def np_loss(name, p, b):
 CASES = [
     ("sigmoid", {}),
     ("sigmoid", {"label_smoothing": 0.2}),
+    ("cdpo", {"label_smoothing": 0.1}),
+    ("cdpo", {"label_smoothing": 0.3}),
     ("robust", {"label_smoothing": 0.1}),
     ("robust", {"label_smoothing": 0.3}),
     ("hinge", {}),
@@ -294,7 +300,7 @@ def test_huge_margins_finite(name, params, dtype):
     for k in ("pc", "pr", "kc", "kr"):
         assert t[k].grad is None or torch.isfinite(t[k].grad).all(), (k, t[k].grad)
     assert all(math.isfinite(v) for v in m.values())
-    if name in ("sigmoid", "robust", "hinge", "ipo", "rdpo", "simpo", "orpo", "tdpo") or \
+    if name in ("sigmoid", "cdpo", "robust", "hinge", "ipo", "rdpo", "simpo", "orpo", "tdpo") or \
             params.get("f_divergence") in ("reverse_kl", "js"):
         np.testing.assert_allclose(loss.detach().double().numpy(),
                                    np_loss(name, params, b),
@@ -340,7 +346,8 @@ def test_registry_names_and_uniform_signature():
         kinds = {p.name: p.kind for p in sig.parameters.values()}
         assert list(kinds)[0] == "batch"
         assert kinds["beta"] == inspect.Parameter.KEYWORD_ONLY
-        assert inspect.Parameter.VAR_KEYWORD in kinds.values()
+        # no catch-all: a parameter the loss does not take is an error, never ignored
+        assert inspect.Parameter.VAR_KEYWORD not in kinds.values()
 
 
 def test_unknown_name_lists_valid_names():
@@ -366,18 +373,21 @@ def test_reference_free_losses_run_without_reference():
         get_preference_loss("sigmoid")(pair, beta=BETA)
 
 
-def test_common_param_dict_is_accepted_by_all():
-    common = {"label_smoothing": 0.0, "alpha": 0.0, "gamma": 0.0, "orpo_lambda": 0.1,
-              "ipo_length_normalize": True, "f_divergence": "reverse_kl", "f_alpha": 0.5,
-              "tdpo_alpha": 0.5, "tdpo_variant": 1, "some_future_key": 123}
+def test_loss_rejects_a_parameter_it_does_not_take():
     pair, _ = make_batch(np_batch())
     for n in NAMES:
-        loss, _ = get_preference_loss(n)(pair, beta=BETA, **common)
-        assert torch.isfinite(loss).all()
-    # with these params rdpo, robust and f_divergence all reduce to DPO
+        with pytest.raises(TypeError):
+            get_preference_loss(n)(pair, beta=BETA, some_future_key=123)
+    with pytest.raises(TypeError):
+        get_preference_loss("sigmoid")(pair, beta=BETA, alpha=0.3)  # rdpo's parameter
+
+
+def test_neutral_params_reduce_to_dpo():
+    pair, _ = make_batch(np_batch())
     ref = get_preference_loss("sigmoid")(pair, beta=BETA)[0]
-    for n in ("rdpo", "robust", "f_divergence"):
-        torch.testing.assert_close(get_preference_loss(n)(pair, beta=BETA, **common)[0], ref)
+    for n, p in (("rdpo", {"alpha": 0.0}), ("cdpo", {"label_smoothing": 0.0}),
+                 ("robust", {"label_smoothing": 0.0}), ("f_divergence", {"f_divergence": "reverse_kl"})):
+        torch.testing.assert_close(get_preference_loss(n)(pair, beta=BETA, **p)[0], ref)
 
 
 def test_f_divergence_reverse_kl_equals_sigmoid():

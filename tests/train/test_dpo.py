@@ -36,14 +36,15 @@ def cfg_for(tiny_dir, pairs, out, loss_type="sigmoid", **kw):
 
 
 # closed-form first-step losses when the policy equals the reference (h = 0 for every pair)
-AT_START = {"sigmoid": math.log(2), "robust": math.log(2), "hinge": 1.0,
+AT_START = {"sigmoid": math.log(2), "cdpo": math.log(2), "robust": math.log(2), "hinge": 1.0,
             "ipo": (1 / (2 * 0.1)) ** 2, "rdpo": None, "tdpo": math.log(2), "f_divergence": math.log(2)}
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "robust", "hinge", "ipo", "rdpo", "simpo", "orpo",
-                                       "tdpo", "f_divergence"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "cdpo", "robust", "hinge", "ipo", "rdpo", "simpo",
+                                       "orpo", "tdpo", "f_divergence"])
 def test_every_loss_type_trains(tiny_dir, pairs, tmp_path, loss_type):
-    t = dpo.build(cfg_for(tiny_dir, pairs, tmp_path, loss_type, label_smoothing=0.1), log=quiet)
+    smooth = {"label_smoothing": 0.1} if loss_type in ("sigmoid", "cdpo", "robust") else {}
+    t = dpo.build(cfg_for(tiny_dir, pairs, tmp_path, loss_type, **smooth), log=quiet)
     first = t._train_step(0)
     assert math.isfinite(first["train/loss"])
     if AT_START.get(loss_type) is not None:

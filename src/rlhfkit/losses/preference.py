@@ -1,20 +1,23 @@
 """Pairwise preference losses (the DPO family), looked up by name in one registry.
 
-Notation (DESIGN.md §4): for a completion y of prompt x, ``logp(y)`` is the SUM of the
+Notation (docs/algorithms.md#notation): for a completion y of prompt x, ``logp(y)`` is the SUM of the
 completion-token log-probs under the policy, ``h(y) = log π_θ(y|x) - log π_ref(y|x)`` the
 sequence log-ratio, ``Δ = h(y_w) - h(y_l)``, ``σ`` the sigmoid, ``β`` the KL strength.
 
-Every loss shares one signature ``loss(batch: PairLogps, *, beta, **params)`` and returns
-``(per_pair_loss (N,), metrics)``; the recipe passes one common dict of params and each loss
-reads the keys it knows (with the defaults in its signature) and ignores the rest.
+Every loss shares one signature ``loss(batch: PairLogps, *, beta, <its own params>)`` and
+returns ``(per_pair_loss (N,), metrics)``. A loss takes exactly the keyword parameters it uses
+(no catch-all), so a parameter it does not know is a TypeError; :func:`loss_parameters` lists
+them, and the DPO recipe passes only those (a non-default value of a parameter the chosen loss
+does not use is a config error there).
 
 Registered losses (``*`` = reference-free):
 
     sigmoid        -log σ(βΔ)                                   DPO, Rafailov et al. 2023
-    robust         -(1-ε) log σ(βΔ) - ε log σ(-βΔ)              cDPO, Mitchell 2023
+    cdpo           -(1-ε) log σ(βΔ) - ε log σ(-βΔ)              cDPO, Mitchell 2023
+    robust         (-(1-ε) log σ(βΔ) + ε log σ(-βΔ)) / (1-2ε)   rDPO, Chowdhury et al. 2024
     hinge          max(0, 1 - βΔ)                               SLiC-HF, Zhao et al. 2023
     ipo            (Δ̄ - 1/(2β))², Δ̄ on per-token log-ratios     IPO, Azar et al. 2023
-    rdpo           -log σ(βΔ - α(|y_w| - |y_l|))                R-DPO, Park et al. 2024
+    rdpo           -log σ(βΔ + α|y_w| - α|y_l|)                 R-DPO, Park et al. 2024
     simpo *        -log σ(β logp_w/|y_w| - β logp_l/|y_l| - γ)  SimPO, Meng et al. 2024
     orpo *         NLL(y_w) + λ(-log σ(log odds_w - log odds_l)) ORPO, Hong et al. 2024
     tdpo           -log σ(βΔ - β(SeqKL(y_l) - SeqKL(y_w)))      TDPO, Zeng et al. 2024
@@ -29,6 +32,7 @@ loss-specific ones named in each docstring.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -91,6 +95,14 @@ def get_preference_loss(name: str) -> PreferenceLoss:
     return PREFERENCE_LOSSES[name]
 
 
+def loss_parameters(name: str) -> dict[str, object]:
+    """The keyword parameters loss ``name`` takes besides ``beta``, with their defaults."""
+    _check_name(name)
+    sig = inspect.signature(PREFERENCE_LOSSES[name])
+    return {p.name: p.default for p in sig.parameters.values()
+            if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != "beta"}
+
+
 def needs_reference(name: str) -> bool:
     """Whether loss ``name`` reads reference log-probs (False for simpo and orpo)."""
     _check_name(name)
@@ -150,12 +162,25 @@ def _smoothed_sigmoid(logits: Tensor, eps: float) -> Tensor:
 
 
 @register_preference_loss("sigmoid")
-def sigmoid_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.0, **_
+def sigmoid_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.0
                  ) -> tuple[Tensor, dict]:
     """DPO (Rafailov et al. 2023, eq. 7): -log σ(βΔ).
 
-    ``label_smoothing`` ε (default 0: plain DPO) is honoured as in TRL's ``sigmoid`` so a
-    smoothing set in the config is never dropped silently; ε > 0 gives the ``robust`` loss.
+    ``label_smoothing`` ε (default 0: plain DPO) is honoured, so a smoothing set in the config
+    is never dropped silently; ε > 0 gives the ``cdpo`` loss (docs/algorithms.md#dpo).
+    """
+    h_w, h_l = _log_ratios(batch)
+    loss = _smoothed_sigmoid(beta * (h_w - h_l), label_smoothing)
+    return loss, _dpo_metrics(batch, beta, h_w, h_l)
+
+
+@register_preference_loss("cdpo")
+def cdpo_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.1
+              ) -> tuple[Tensor, dict]:
+    """Conservative DPO (cDPO, Mitchell 2023): -(1-ε) log σ(βΔ) - ε log σ(-βΔ).
+
+    ε = ``label_smoothing`` is the assumed probability that a label is flipped; the loss is
+    the expected DPO loss under that noise (docs/algorithms.md#cdpo).
     """
     h_w, h_l = _log_ratios(batch)
     loss = _smoothed_sigmoid(beta * (h_w - h_l), label_smoothing)
@@ -163,21 +188,23 @@ def sigmoid_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.0,
 
 
 @register_preference_loss("robust")
-def robust_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.1, **_
+def robust_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.1
                 ) -> tuple[Tensor, dict]:
-    """Conservative DPO (cDPO, Mitchell 2023): -(1-ε) log σ(βΔ) - ε log σ(-βΔ).
+    """Robust DPO (rDPO, Chowdhury et al. 2024): (-(1-ε) log σ(βΔ) + ε log σ(-βΔ)) / (1 - 2ε).
 
-    ε = ``label_smoothing`` is the assumed probability that a label is flipped. Note that
-    TRL's ``robust`` is the unbiased rDPO of Chowdhury et al. 2024 (divided by 1 - 2ε, with
-    a + ε log σ(-βΔ) term); this is the cDPO form of DESIGN.md §4.
+    The unbiased estimate of the clean-label DPO loss when each label is flipped with
+    probability ε = ``label_smoothing`` < 1/2 (the name and form TRL's ``robust`` uses;
+    docs/algorithms.md#robust).
     """
     h_w, h_l = _log_ratios(batch)
-    loss = _smoothed_sigmoid(beta * (h_w - h_l), label_smoothing)
+    z = beta * (h_w - h_l)
+    eps = label_smoothing
+    loss = (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
     return loss, _dpo_metrics(batch, beta, h_w, h_l)
 
 
 @register_preference_loss("hinge")
-def hinge_loss(batch: PairLogps, *, beta: float, **_) -> tuple[Tensor, dict]:
+def hinge_loss(batch: PairLogps, *, beta: float) -> tuple[Tensor, dict]:
     """SLiC-HF calibration loss (Zhao et al. 2023) on log-ratios: max(0, 1 - βΔ)."""
     h_w, h_l = _log_ratios(batch)
     loss = torch.relu(1 - beta * (h_w - h_l))
@@ -185,7 +212,7 @@ def hinge_loss(batch: PairLogps, *, beta: float, **_) -> tuple[Tensor, dict]:
 
 
 @register_preference_loss("ipo")
-def ipo_loss(batch: PairLogps, *, beta: float, ipo_length_normalize: bool = True, **_
+def ipo_loss(batch: PairLogps, *, beta: float, ipo_length_normalize: bool = True
              ) -> tuple[Tensor, dict]:
     """IPO (Azar et al. 2023, eq. 17): (Δ̄ - 1/(2β))², β playing the role of τ.
 
@@ -203,15 +230,20 @@ def ipo_loss(batch: PairLogps, *, beta: float, ipo_length_normalize: bool = True
 
 
 @register_preference_loss("rdpo")
-def rdpo_loss(batch: PairLogps, *, beta: float, alpha: float = 0.01, **_) -> tuple[Tensor, dict]:
-    """R-DPO (Park et al. 2024): -log σ(βΔ - α(|y_w| - |y_l|)), penalising longer winners."""
+def rdpo_loss(batch: PairLogps, *, beta: float, alpha: float = 0.01) -> tuple[Tensor, dict]:
+    """R-DPO (Park et al. 2024): -log σ(βΔ + α|y_w| - α|y_l|) (docs/algorithms.md#rdpo).
+
+    The paper adds -α|y| to the RL objective, so the implicit reward is β·h(y) + α|y| and the
+    length term enters the logit with a plus sign: a longer winner already has a larger logit
+    and gets less gradient, which is what removes the length bias.
+    """
     h_w, h_l = _log_ratios(batch)
-    logits = beta * (h_w - h_l) - alpha * (batch.chosen_len - batch.rejected_len)
+    logits = beta * (h_w - h_l) + alpha * (batch.chosen_len - batch.rejected_len)
     return -F.logsigmoid(logits), _dpo_metrics(batch, beta, h_w, h_l)
 
 
 @register_preference_loss("simpo", needs_reference=False)
-def simpo_loss(batch: PairLogps, *, beta: float, gamma: float = 0.5, **_
+def simpo_loss(batch: PairLogps, *, beta: float, gamma: float = 0.5
                ) -> tuple[Tensor, dict]:
     """SimPO (Meng et al. 2024, eq. 6): -log σ(β·logp_w/|y_w| - β·logp_l/|y_l| - γ).
 
@@ -236,7 +268,7 @@ def _log1mexp(x: Tensor) -> Tensor:
 
 
 @register_preference_loss("orpo", needs_reference=False)
-def orpo_loss(batch: PairLogps, *, beta: float, orpo_lambda: float = 0.1, **_
+def orpo_loss(batch: PairLogps, *, beta: float, orpo_lambda: float = 0.1
               ) -> tuple[Tensor, dict]:
     """ORPO (Hong et al. 2024, eq. 6): NLL(y_w) + λ·(-log σ(log odds(y_w) - log odds(y_l))).
 
@@ -260,8 +292,8 @@ def orpo_loss(batch: PairLogps, *, beta: float, orpo_lambda: float = 0.1, **_
 
 
 @register_preference_loss("tdpo")
-def tdpo_loss(batch: PairLogps, *, beta: float, tdpo_alpha: float = 0.5, tdpo_variant: int = 1,
-              **_) -> tuple[Tensor, dict]:
+def tdpo_loss(batch: PairLogps, *, beta: float, tdpo_alpha: float = 0.5, tdpo_variant: int = 1
+              ) -> tuple[Tensor, dict]:
     """Token-level DPO (Zeng et al. 2024): -log σ(βΔ - β·δ) with sequential KLs.
 
     TDPO1 (``tdpo_variant=1``, default): δ = SeqKL(y_l) - SeqKL(y_w), gradients flow through
@@ -314,7 +346,7 @@ def f_prime(h: Tensor, divergence: str, f_alpha: float = 0.5) -> Tensor:
 
 @register_preference_loss("f_divergence")
 def f_divergence_loss(batch: PairLogps, *, beta: float, f_divergence: str = "reverse_kl",
-                      f_alpha: float = 0.5, **_) -> tuple[Tensor, dict]:
+                      f_alpha: float = 0.5) -> tuple[Tensor, dict]:
     """f-DPO (Wang et al. 2023, "Beyond Reverse KL"): -log σ(β(f′(u_w) - f′(u_l))).
 
     ``f_divergence`` picks f (see :func:`f_prime`); ``f_alpha`` is α of the α-divergence.

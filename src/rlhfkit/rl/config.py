@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..config import DataConfig, ModelConfig, TrainConfig
+from ..config import DataConfig, ModelConfig, TrainConfig, check_choice, check_range
 from ..errors import ConfigError
 from ..losses.kl import KL_ESTIMATORS
 from ..losses.policy import LOSS_AGGREGATIONS
@@ -41,6 +41,15 @@ class RolloutConfig:
     """A prompt sampled n times is prefilled once and its KV cache copied to its n rows (same
     results up to float summation order); false = every row prefills its own copy."""
 
+    def validate(self, p: str = "rollout.") -> None:
+        check_choice(p + "backend", self.backend, ("hf",))
+        check_range(p + "num_generations", self.num_generations, lo=1)
+        check_range(p + "max_new_tokens", self.max_new_tokens, lo=1)
+        check_range(p + "temperature", self.temperature, lo=0)
+        check_range(p + "top_p", self.top_p, lo=0, hi=1, lo_open=True)
+        check_range(p + "top_k", self.top_k, lo=0)
+        check_range(p + "batch_size", self.batch_size, lo=1)
+
 
 @dataclass
 class CriticConfig:
@@ -54,6 +63,12 @@ class CriticConfig:
     """Weight of the value loss."""
     value_clip: float = 0.2
     """ε_v of the clipped value loss (0 = unclipped)."""
+
+    def validate(self, p: str = "critic.") -> None:
+        check_range(p + "lr", self.lr, lo=0)
+        check_range(p + "freeze_layers", self.freeze_layers, lo=-1)
+        check_range(p + "vf_coef", self.vf_coef, lo=0)
+        check_range(p + "value_clip", self.value_clip, lo=0)
 
 
 @dataclass
@@ -152,6 +167,21 @@ def kl_placement(cfg: RLConfig) -> str:
 
 
 def validate(cfg: RLConfig) -> None:
+    """Checks of the online-RL keys (ConfigError naming the key and its allowed range)."""
+    if cfg.rollout.temperature == 0:
+        raise ConfigError("rollout.temperature must be > 0 for online RL (0 is greedy decoding: "
+                          "every sample of a prompt would be the same); evaluation is greedy anyway")
+    for key in ("kl_coef", "clip_eps_low", "clip_eps_high", "kl_target", "target_kl",
+                "entropy_coef", "ptx_coef"):
+        check_range(key, getattr(cfg, key), lo=0)
+    check_range("clip_eps_low", cfg.clip_eps_low, lo=0, hi=1, hi_open=True)
+    check_range("gamma", cfg.gamma, lo=0, hi=1)
+    check_range("lam", cfg.lam, lo=0, hi=1)
+    check_range("kl_horizon", cfg.kl_horizon, lo=1)
+    check_range("micro_batch_size", cfg.micro_batch_size, lo=0)
+    check_range("eval_samples", cfg.eval_samples, lo=0)
+    check_range("ptx_batch_size", cfg.ptx_batch_size, lo=1)
+    check_choice("reference", cfg.reference, ("auto", "model", "adapters", "none"))
     if cfg.advantage not in ADVANTAGES:
         raise ConfigError(f"advantage must be one of {sorted(ADVANTAGES)}, got '{cfg.advantage}'")
     if cfg.loss_agg not in LOSS_AGGREGATIONS:
@@ -179,6 +209,9 @@ def validate(cfg: RLConfig) -> None:
                           "data-parallel training does not support yet; run it in one process")
     if cfg.ptx_coef > 0 and not cfg.ptx_path:
         raise ConfigError("ptx_coef > 0 needs ptx_path (SFT rows to mix in)")
+
+
+RLConfig.validate = validate
 
 
 def _world_size() -> int:

@@ -2,15 +2,24 @@
 
 A checkpoint directory ``checkpoints/step-000123`` holds the trainable weights (frozen
 weights never change, so they are not repeated), the optimizer and scheduler states, the
-trainer state (step = data position), any recipe state, and every RNG state. It is written
-into a temporary directory that is renamed into place only when complete; ``manifest.json``
-(written last) records each file's size, so a torn or truncated checkpoint is detected on
-resume and the previous one is used instead.
+trainer state (step = data position), any recipe state, and every RNG state. Nothing in it
+is a pickle: tensors are stored as safetensors (``trainable.safetensors``,
+``states.safetensors``) and everything else as JSON (``states.json``, whose tensors are
+references into ``states.safetensors``; ``trainer_state.json``), so loading a checkpoint can
+never run code. A directory holding a ``states.pt`` pickle (the old format, or a planted
+file) is refused without being opened.
+
+It is written into a temporary directory that is renamed into place only when complete;
+``manifest.json`` (written last) records each file's size and sha256, so a torn, truncated
+or bit-flipped checkpoint is detected on resume and the previous one is used instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -18,11 +27,14 @@ import tempfile
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 
 from ..errors import TrainingError
 
 MANIFEST = "manifest.json"
+FORMAT = 2
+LEGACY_PICKLE = "states.pt"
 
 
 def rng_state() -> dict:
@@ -31,8 +43,10 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
     torch.set_rng_state(state["torch"])
 
 
@@ -40,6 +54,84 @@ def trainable_state(model) -> dict:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
+# --------------------------------------------------------------------------- code-free states
+def encode_states(obj, tensors: dict):
+    """A JSON-able skeleton of ``obj``; its tensors (and numpy arrays) go into ``tensors``."""
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(obj, np.ndarray):
+        key = f"t{len(tensors)}"
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj).copy())
+        return {"__ndarray__": key, "dtype": str(obj.dtype)}
+    if isinstance(obj, (bool, int, str)) or obj is None:
+        return obj
+    if isinstance(obj, (np.integer, np.floating)):
+        return encode_states(obj.item(), tensors)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [encode_states(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [encode_states(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: encode_states(v, tensors) for k, v in obj.items()}
+        return {"__items__": [[encode_states(k, tensors), encode_states(v, tensors)] for k, v in obj.items()]}
+    raise TrainingError(f"cannot checkpoint a value of type {type(obj).__name__}; recipe state must be "
+                        "tensors, numbers, strings, lists and dicts")
+
+
+def decode_states(obj, tensors: dict):
+    if isinstance(obj, list):
+        return [decode_states(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__ndarray__" in obj:
+        return tensors[obj["__ndarray__"]].numpy().astype(obj["dtype"])
+    if "__float__" in obj:
+        return float(obj["__float__"])
+    if "__tuple__" in obj:
+        return tuple(decode_states(v, tensors) for v in obj["__tuple__"])
+    if "__items__" in obj:
+        return {decode_states(k, tensors): decode_states(v, tensors) for k, v in obj["__items__"]}
+    return {k: decode_states(v, tensors) for k, v in obj.items()}
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str):
+    """Yield a temporary sibling directory; when the block succeeds it replaces ``path``
+    (nothing of an old ``path`` survives beside the new files); when it fails ``path`` is untouched."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    name = os.path.basename(os.path.abspath(path))
+    tmp = tempfile.mkdtemp(prefix=f".{name}-new-", dir=parent)
+    try:
+        yield tmp
+        old = None
+        if os.path.lexists(path):
+            old = tempfile.mkdtemp(prefix=f".{name}-old-", dir=parent)
+            os.replace(path, os.path.join(old, name))
+        os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------------- writing
 def save_checkpoint(root: str, step: int, *, model, optimizer, scheduler, state: dict,
                     extra: dict | None = None, keep: int = 2) -> str:
     """Write ``root/step-{step}`` atomically; delete all but the newest ``keep``."""
@@ -48,34 +140,47 @@ def save_checkpoint(root: str, step: int, *, model, optimizer, scheduler, state:
 
 
 def save_state(root: str, step: int, *, model, state: dict, states: dict, keep: int = 2) -> str:
-    """Atomic checkpoint of the trainable weights, ``states`` (pickled with the RNG states)
-    and the JSON ``state``, as ``root/step-{step}``; keeps the newest ``keep``."""
-    os.makedirs(root, exist_ok=True)
+    """Atomic checkpoint of the trainable weights, ``states`` (tensors as safetensors, the rest
+    as JSON, with the RNG states) and the JSON ``state``, as ``root/step-{step}``; keeps the
+    newest ``keep``."""
     final = os.path.join(root, f"step-{step:06d}")
-    tmp = tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=root)
+    tmp = None
     try:
+        os.makedirs(root, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=root)
         save_file(trainable_state(model), os.path.join(tmp, "trainable.safetensors"))
-        torch.save(dict(states, rng=rng_state()), os.path.join(tmp, "states.pt"))
+        tensors: dict = {}
+        skeleton = encode_states(dict(states, rng=rng_state()), tensors)
+        save_file(tensors, os.path.join(tmp, "states.safetensors"))
+        with open(os.path.join(tmp, "states.json"), "w") as f:
+            json.dump(skeleton, f, allow_nan=False)
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            json.dump(dict(state, step=step), f, indent=1)
-        sizes = {n: os.path.getsize(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))}
+            json.dump(dict(state, step=step), f, indent=1, allow_nan=False)
+        files = {n: {"size": os.path.getsize(os.path.join(tmp, n)), "sha256": sha256_file(os.path.join(tmp, n))}
+                 for n in sorted(os.listdir(tmp))}
         with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(sizes, f)
+            json.dump({"format": FORMAT, "files": files}, f, indent=1)
         for n in os.listdir(tmp):  # flush file contents before the rename publishes them
             with open(os.path.join(tmp, n), "rb") as fh:
                 os.fsync(fh.fileno())
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, (OSError, RuntimeError)):  # torch reports a full disk as a RuntimeError
+            raise
+        good = latest_checkpoint(root)
         raise TrainingError(f"could not write checkpoint {final}: {getattr(e, 'strerror', None) or e}. Free disk "
-                            "space or fix permissions; earlier checkpoints are kept") from e
+                            "space or fix permissions; earlier checkpoints are kept (last good: "
+                            f"{good or 'none'})") from e
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+# --------------------------------------------------------------------------- checking
 def list_checkpoints(root: str) -> list[str]:
     if not os.path.isdir(root):
         return []
@@ -83,46 +188,101 @@ def list_checkpoints(root: str) -> list[str]:
     return [os.path.join(root, n) for n in names]
 
 
-def is_complete(path: str) -> bool:
+def check_checkpoint(path: str) -> str:
+    """Why ``path`` cannot be used ('' when it is intact): a pickle in it, a missing or
+    unreadable manifest, a file missing, of the wrong size or with the wrong sha256."""
+    if os.path.exists(os.path.join(path, LEGACY_PICKLE)):
+        return f"it holds {LEGACY_PICKLE}, a pickle that could run code when loaded; refused, not opened"
     try:
         with open(os.path.join(path, MANIFEST)) as f:
-            sizes = json.load(f)
-        return all(os.path.getsize(os.path.join(path, n)) == s for n, s in sizes.items())
+            manifest = json.load(f)
+    except FileNotFoundError:
+        return "no manifest (the write did not finish)"
     except (OSError, ValueError):
-        return False
+        return "its manifest is unreadable"
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(
+            manifest.get("files"), dict):
+        return "its manifest is not of this checkpoint format (no sha256 per file)"
+    for n in ("trainable.safetensors", "states.safetensors", "states.json", "trainer_state.json"):
+        if n not in manifest["files"]:
+            return f"the manifest does not list {n}"
+    for n, meta in manifest["files"].items():
+        p = os.path.join(path, n)
+        try:
+            if os.path.getsize(p) != meta["size"]:
+                return f"{n} has {os.path.getsize(p)} bytes, the manifest says {meta['size']} (torn write)"
+            if sha256_file(p) != meta["sha256"]:
+                return f"{n} does not match its sha256 in the manifest (corrupted bytes)"
+        except OSError:
+            return f"{n} is missing or unreadable"
+        except (KeyError, TypeError):
+            return "its manifest is malformed"
+    return ""
+
+
+def is_complete(path: str) -> bool:
+    return check_checkpoint(path) == ""
 
 
 def latest_checkpoint(root: str, log=None) -> str | None:
-    """Newest complete checkpoint; torn ones are reported and skipped."""
+    """Newest intact checkpoint; broken ones are reported (one line each, with the reason) and skipped."""
     for path in reversed(list_checkpoints(root)):
-        if is_complete(path):
+        why = check_checkpoint(path)
+        if not why:
             return path
         if log:
-            log(f"checkpoint {path} is incomplete or corrupted; trying the previous one")
+            log(f"checkpoint {path} is incomplete or corrupted ({why}); trying the previous one")
     return None
 
 
+# --------------------------------------------------------------------------- loading
 def load_checkpoint(path: str, *, model, optimizer, scheduler) -> tuple[dict, dict]:
     """Restore weights, optimizer, scheduler and RNG; return (trainer state, recipe extra)."""
     state, states = load_state(path, model=model)
-    optimizer.load_state_dict(states["optimizer"])
-    scheduler.load_state_dict(states["scheduler"])
+    try:
+        optimizer.load_state_dict(states["optimizer"])
+        scheduler.load_state_dict(states["scheduler"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise TrainingError(f"checkpoint {path}: the optimizer state does not fit this run ({e}); resume "
+                            "with the same model, LoRA/freeze settings and optimizer groups") from e
     return state, states.get("extra", {})
+
+
+def _read_verified(path: str, name: str, manifest: dict) -> bytes:
+    with open(os.path.join(path, name), "rb") as f:
+        data = f.read()
+    meta = manifest["files"].get(name)
+    if meta is None or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        raise TrainingError(f"checkpoint {path}: {name} does not match its sha256 in the manifest; delete "
+                            "the checkpoint to resume from the previous one")
+    return data
 
 
 def load_state(path: str, *, model) -> tuple[dict, dict]:
     """Restore the weights and RNG states of a ``save_state`` checkpoint; return
-    (its JSON state, its pickled states)."""
-    weights = load_file(os.path.join(path, "trainable.safetensors"))
+    (its JSON state, its states). Every file is checked against its sha256 as it is read;
+    no file is unpickled."""
+    if os.path.exists(os.path.join(path, LEGACY_PICKLE)):
+        raise TrainingError(f"checkpoint {path} holds {LEGACY_PICKLE}, a pickle that could run code when "
+                            "loaded; refused. Resume from a checkpoint written by this version, or start over")
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            manifest = json.load(f)
+        if manifest.get("format") != FORMAT:
+            raise ValueError("format")
+    except (OSError, ValueError, AttributeError) as e:
+        raise TrainingError(f"checkpoint {path} has no valid manifest; it cannot be verified") from e
+    weights = load_bytes(_read_verified(path, "trainable.safetensors", manifest))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
         raise TrainingError(f"checkpoint {path} does not match this model (e.g. '{missing[0]}'); "
                             "resume with the same model and LoRA/freeze settings")
+    tensors = load_bytes(_read_verified(path, "states.safetensors", manifest))
+    states = decode_states(json.loads(_read_verified(path, "states.json", manifest)), tensors)
+    state = json.loads(_read_verified(path, "trainer_state.json", manifest))
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t)
-    states = torch.load(os.path.join(path, "states.pt"), weights_only=False)
     set_rng_state(states["rng"])
-    with open(os.path.join(path, "trainer_state.json")) as f:
-        return json.load(f), states
+    return state, states

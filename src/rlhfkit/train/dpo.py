@@ -16,13 +16,14 @@ import copy
 import dataclasses
 import os
 
-from ..config import DataConfig, ModelConfig, TrainConfig
+from ..config import DataConfig, ModelConfig, TrainConfig, check_range, validate_all
 from ..data.collate import sequence_index
 from ..data.pipeline import load_examples
 from ..data.tokenize import Example
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..losses.listwise import plackett_luce_loss
-from ..losses.preference import PairLogps, get_preference_loss, needs_reference
+from ..losses.preference import (F_DIVERGENCES, PREFERENCE_LOSSES, PairLogps, get_preference_loss,
+                                loss_parameters, needs_reference)
 from ..models.forward import completion_logprobs, lm_head, segment_sum
 from ..models.loading import load_model
 from ..models.logprobs import chunked_token_kl
@@ -40,13 +41,14 @@ class DPOConfig:
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
         output_dir="runs/dpo", lr=1e-6, warmup_ratio=0.1))
     loss_type: str = "sigmoid"
-    """sigmoid | robust | hinge | ipo | rdpo | simpo | orpo | tdpo | f_divergence | plackett_luce."""
+    """sigmoid | cdpo | robust | hinge | ipo | rdpo | simpo | orpo | tdpo | f_divergence |
+    plackett_luce (docs/algorithms.md)."""
     beta: float = 0.1
     """KL strength β (SimPO: reward scale; ORPO: unused)."""
     label_smoothing: float = 0.0
-    """robust/cDPO: assumed fraction ε of flipped labels."""
+    """sigmoid/cdpo/robust: assumed fraction ε of flipped labels, in [0, 0.5)."""
     alpha: float = 0.0
-    """R-DPO: length penalty α on |y_w| - |y_l|."""
+    """R-DPO: length coefficient α (logit βΔ + α(|y_w| - |y_l|))."""
     gamma: float = 0.5
     """SimPO: target reward margin γ."""
     orpo_lambda: float = 0.1
@@ -56,7 +58,13 @@ class DPOConfig:
     f_divergence: str = "reverse_kl"
     """f_divergence loss: reverse_kl | forward_kl | js | alpha."""
     f_alpha: float = 0.5
-    """α of the α-divergence."""
+    """α of the α-divergence, in (0, 1)."""
+    tdpo_variant: int = 1
+    """TDPO: 1 (TDPO1) or 2 (TDPO2, chosen KL detached and scaled by tdpo_alpha)."""
+    tdpo_alpha: float = 0.5
+    """TDPO2: weight α of the sequential-KL difference."""
+    lipo_lambda: bool = False
+    """plackett_luce: LiPO-λ (pairwise logistic loss with LambdaRank ΔNDCG weights)."""
     reference: str = "auto"
     """auto | precompute | adapters | model | none (auto: none for reference-free losses,
     adapters with LoRA, model for tdpo, else precompute)."""
@@ -71,10 +79,56 @@ class DPOConfig:
 PAIR_KINDS = ("preference", "listwise")
 
 
+LOSS_PARAM_KEYS = ("label_smoothing", "alpha", "gamma", "orpo_lambda", "ipo_length_normalize",
+                   "f_divergence", "f_alpha", "tdpo_variant", "tdpo_alpha", "lipo_lambda")
+
+
+def _params_of(loss_type: str) -> set[str]:
+    if loss_type == "plackett_luce":
+        return {"lipo_lambda"}
+    return set(loss_parameters(loss_type))
+
+
 def loss_params(cfg: DPOConfig) -> dict:
-    return dict(label_smoothing=cfg.label_smoothing, alpha=cfg.alpha, gamma=cfg.gamma,
-                orpo_lambda=cfg.orpo_lambda, ipo_length_normalize=cfg.ipo_length_normalize,
-                f_divergence=cfg.f_divergence, f_alpha=cfg.f_alpha)
+    """The config values of exactly the parameters ``cfg.loss_type`` takes.
+
+    A loss parameter set to a non-default value that the chosen loss does not take is a
+    ConfigError, so a setting is never silently ignored.
+    """
+    takes = _params_of(cfg.loss_type)
+    default = DPOConfig()
+    unused = [k for k in LOSS_PARAM_KEYS if k not in takes and getattr(cfg, k) != getattr(default, k)]
+    if unused:
+        raise ConfigError(f"loss_type={cfg.loss_type} does not use {', '.join(unused)} (it takes: "
+                          f"{', '.join(sorted(takes)) or 'beta only'}); remove the setting or "
+                          f"pick the loss that uses it")
+    return {k: getattr(cfg, k) for k in LOSS_PARAM_KEYS if k in takes}
+
+
+def validate(cfg: DPOConfig) -> None:
+    """Range checks of the DPO recipe's own keys (ConfigError naming the key and range)."""
+    names = sorted(PREFERENCE_LOSSES) + ["plackett_luce"]
+    if cfg.loss_type not in names:
+        raise ConfigError(f"unknown loss_type '{cfg.loss_type}'; valid: {', '.join(names)}")
+    check_range("beta", cfg.beta, lo=0, lo_open=True)
+    check_range("label_smoothing", cfg.label_smoothing, lo=0, hi=0.5, hi_open=True)
+    check_range("alpha", cfg.alpha)
+    check_range("gamma", cfg.gamma)
+    check_range("orpo_lambda", cfg.orpo_lambda, lo=0)
+    check_range("f_alpha", cfg.f_alpha, lo=0, hi=1, lo_open=True, hi_open=True)
+    check_range("tdpo_alpha", cfg.tdpo_alpha, lo=0)
+    if cfg.f_divergence not in F_DIVERGENCES:
+        raise ConfigError(f"f_divergence must be one of {', '.join(F_DIVERGENCES)}, got '{cfg.f_divergence}'")
+    if cfg.tdpo_variant not in (1, 2):
+        raise ConfigError(f"tdpo_variant must be 1 or 2, got {cfg.tdpo_variant}")
+    if cfg.reference not in ("auto", "precompute", "adapters", "model", "none"):
+        raise ConfigError(f"reference must be auto|precompute|adapters|model|none, got '{cfg.reference}'")
+    check_range("sft_epochs", cfg.sft_epochs, lo=0, lo_open=True)
+    check_range("sft_lr", cfg.sft_lr, lo=0, lo_open=True)
+    loss_params(cfg)
+
+
+DPOConfig.validate = validate
 
 
 def dpo_step(model, batch, ref: Reference, cfg: DPOConfig, chunk: int):
@@ -95,7 +149,7 @@ def dpo_step(model, batch, ref: Reference, cfg: DPOConfig, chunk: int):
     if cfg.loss_type == "plackett_luce":
         scores, valid = label_matrix(batch)
         loss, m = plackett_luce_loss(out.seq_logps[idx], ref_seq[idx], scores.to(idx.device),
-                                     valid.to(idx.device), beta=cfg.beta)
+                                     valid.to(idx.device), beta=cfg.beta, **loss_params(cfg))
         return loss.sum(), m
     c, r = idx[:, 0], idx[:, 1]
 
@@ -144,8 +198,7 @@ def _sft_reference(model, train: list[Example], collate_fn, cfg: DPOConfig, log)
 def build(cfg: DPOConfig, log=print, model=None, tokenizer=None, examples=None, ref_model=None) -> Trainer:
     """The DPO trainer. ``examples=(train, evals)`` gives tokenized pairs instead of reading
     ``cfg.data`` (online DPO); ``ref_model`` a frozen reference for reference=model."""
-    if cfg.loss_type != "plackett_luce":
-        get_preference_loss(cfg.loss_type)  # an unknown name fails before any model is loaded
+    validate_all(cfg)  # an unknown name or a bad value fails before any model is loaded
     if model is None:
         model, tokenizer = load_model(cfg.model)
     train, evals = examples if examples is not None else load_examples(cfg.data, tokenizer, PAIR_KINDS, log)

@@ -17,11 +17,11 @@ import random
 
 import torch
 
-from ..config import DataConfig, ModelConfig, TrainConfig
+from ..config import DataConfig, ModelConfig, TrainConfig, check_choice, check_range, validate_all
 from ..data.collate import sequence_index
 from ..data.pipeline import load_records
 from ..data.tokenize import Example, tokenize_records
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..losses.unpaired import kto_loss
 from ..models.forward import completion_logprobs
 from ..models.loading import load_model
@@ -46,6 +46,14 @@ class KTOConfig:
     reference: str = "auto"
     """auto | precompute | adapters | model."""
     ref_model: str = ""
+
+    def validate(self) -> None:
+        check_range("beta", self.beta, lo=0, lo_open=True)
+        check_range("desirable_weight", self.desirable_weight, lo=0)
+        check_range("undesirable_weight", self.undesirable_weight, lo=0)
+        if self.desirable_weight == 0 and self.undesirable_weight == 0:
+            raise ConfigError("desirable_weight and undesirable_weight are both 0: nothing would be trained")
+        check_choice("reference", self.reference, ("auto", "precompute", "adapters", "model"))
 
 
 def split_pairs(records: list[dict]) -> list[dict]:
@@ -85,6 +93,7 @@ def kto_step(model, batch, ref: Reference, cfg: KTOConfig, chunk: int):
 
 
 def build(cfg: KTOConfig, log=print, model=None, tokenizer=None) -> Trainer:
+    validate_all(cfg)
     if model is None:
         model, tokenizer = load_model(cfg.model)
     recs = split_pairs(load_records(cfg.data.path, cfg.data.rows, cfg.data, ("unpaired", "preference"), log))

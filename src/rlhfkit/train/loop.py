@@ -98,19 +98,8 @@ class MetricsLog:
 
 
 def check_train_config(cfg: TrainConfig) -> None:
-    """Reject impossible training settings before anything is loaded."""
-    checks = [("lr", cfg.lr >= 0, ">= 0"), ("weight_decay", cfg.weight_decay >= 0, ">= 0"),
-              ("warmup_ratio", 0 <= cfg.warmup_ratio <= 1, "in [0, 1]"), ("epochs", cfg.epochs > 0, "> 0"),
-              ("max_steps", cfg.max_steps >= 0, ">= 0"), ("batch_size", cfg.batch_size >= 1, ">= 1"),
-              ("grad_accum", cfg.grad_accum >= 1, ">= 1"), ("max_grad_norm", cfg.max_grad_norm >= 0, ">= 0"),
-              ("eval_steps", cfg.eval_steps >= 0, ">= 0"), ("save_steps", cfg.save_steps >= 0, ">= 0"),
-              ("save_total_limit", cfg.save_total_limit >= 1, ">= 1"), ("threads", cfg.threads >= 0, ">= 0"),
-              ("logprob_chunk", cfg.logprob_chunk >= 1, ">= 1"), ("pack_length", cfg.pack_length >= 0, ">= 0"),
-              ("lr_scheduler", cfg.lr_scheduler in ("cosine", "linear", "constant"), "cosine|linear|constant"),
-              ("best_mode", cfg.best_mode in ("max", "min"), "'max' or 'min'")]
-    for key, ok, want in checks:
-        if not ok:
-            raise ConfigError(f"train.{key} must be {want}, got {getattr(cfg, key)!r}")
+    """Reject impossible training settings before anything is loaded (TrainConfig.validate)."""
+    cfg.validate()
 
 
 def return_freed_memory(threshold: int = 1 << 20) -> bool:

@@ -15,7 +15,7 @@ import dataclasses
 
 import torch
 
-from ..config import DataConfig, ModelConfig, TrainConfig
+from ..config import DataConfig, ModelConfig, TrainConfig, check_range, validate_all
 from ..data.collate import sequence_index
 from ..data.pipeline import load_examples
 from ..losses.reward import listwise_bt_loss, ranked_pairs
@@ -34,9 +34,15 @@ class RMConfig:
     margin: float = 0.0
     """Required reward gap m in -log sigmoid(r_w - r_l - m)."""
     center_rewards_coef: float = 0.0
-    """Weight of mean(r^2) that keeps rewards centred at zero (0 = off)."""
+    """Weight c of the centring term c·(r_w + r_l)^2 per pair that keeps rewards centred at zero
+    without shrinking their margin (Eisenstein et al. 2023; 0 = off)."""
     norm_rows: int = 256
     """Training rows scored after training to store the reward mean/std."""
+
+    def validate(self) -> None:
+        check_range("margin", self.margin)
+        check_range("center_rewards_coef", self.center_rewards_coef, lo=0)
+        check_range("norm_rows", self.norm_rows, lo=0)
 
 
 RM_KINDS = ("preference", "listwise")
@@ -65,12 +71,9 @@ def rm_step(model, batch, margin: float = 0.0, center_coef: float = 0.0):
     idx = sequence_index(batch, max(len(ex.completions) for ex in batch.examples))  # (E, K)
     rewards = seq_r[idx.clamp(min=0)]                            # (E, K)
     scores, valid = label_matrix(batch)
-    loss, metrics = listwise_bt_loss(rewards, scores.to(rewards.device), valid.to(rewards.device), margin)
-    total = loss.sum()
-    if center_coef:
-        # per pair, so it scales like the BT term under the loop's pair normalisation
-        total = total + center_coef * (seq_r ** 2).mean() * loss.numel()
-    return total, metrics
+    loss, metrics = listwise_bt_loss(rewards, scores.to(rewards.device), valid.to(rewards.device),
+                                     margin, center_coef)
+    return loss.sum(), metrics
 
 
 def evaluate_pairs(model, examples, collate_fn, batch_size: int, margin: float = 0.0) -> dict:
@@ -95,6 +98,7 @@ def reward_stats(model, examples, collate_fn, batch_size: int) -> tuple[float, f
 
 
 def build(cfg: RMConfig, log=print, model=None, tokenizer=None) -> Trainer:
+    validate_all(cfg)
     if model is None:
         model, tokenizer = load_scalar_model(cfg.model)
     train, evals = load_examples(cfg.data, tokenizer, RM_KINDS, log)

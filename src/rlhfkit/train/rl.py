@@ -37,6 +37,7 @@ import time
 import torch
 from torch import Tensor, nn
 
+from ..config import validate_all
 from ..data.collate import Batch, collate
 from ..data.pipeline import load_examples
 from ..data.tokenize import Example, tokenize_records
@@ -51,7 +52,7 @@ from ..rewards.base import build_rewards, reward_config_from
 from ..rl.advantages import NEEDS_CRITIC, AdvantageInputs, compute_advantages, masked_mean, masked_whiten
 from ..rl.batches import OnPolicyStats, PolicyWithCritic, RLBatch, critic_of, policy_of, target_index, token_values
 from ..rl.config import (CriticConfig, GRPOConfig, PPOConfig, RLConfig, RolloutConfig,  # noqa: F401
-                         kl_placement, validate)
+                         kl_placement, validate)  # noqa: F401  (validate: public API)
 from ..rl.kl_control import make_kl_controller
 from ..rl.monitors import RewardHackingMonitor
 from ..rl.rollout import SamplingParams, make_backend, rollout_options
@@ -417,7 +418,7 @@ def load_prompts(cfg: RLConfig, tokenizer, log=print) -> tuple[list[Example], li
 
 
 def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) -> Trainer:
-    validate(cfg)
+    validate_all(cfg)
     cfg.rewards = [reward_config_from(r) for r in cfg.rewards]
     rewards = build_rewards(cfg.rewards)  # bad references fail before any model is loaded
     if model is None:

@@ -9,7 +9,7 @@ import dataclasses
 import math
 
 
-from ..config import DataConfig, ModelConfig, TrainConfig
+from ..config import DataConfig, ModelConfig, TrainConfig, validate_all
 from ..data.pipeline import load_examples
 from ..losses.sft import sft_loss
 from ..models.forward import completion_logprobs
@@ -47,6 +47,7 @@ def evaluate_nll(model, examples, collate_fn, batch_size: int, chunk: int) -> di
 
 
 def build(cfg: SFTConfig, log=print, model=None, tokenizer=None) -> Trainer:
+    validate_all(cfg)
     if model is None:
         model, tokenizer = load_model(cfg.model)
     train, evals = load_examples(cfg.data, tokenizer, SFT_KINDS, log)
