@@ -224,3 +224,33 @@ def test_grpo_resume_after_a_crash_is_exact(tiny_dir, tmp_path):
             assert x[k] == pytest.approx(y[k], abs=1e-6), k
         assert x["rollout/reward"] == y["rollout/reward"]
         assert x["rollout/length_mean"] == y["rollout/length_mean"]
+
+
+def test_training_logprobs_use_the_sampling_temperature(tiny_dir, tmp_path):
+    """Samples drawn from softmax(z/T) at T = 0.7: the old log-probs equal the sampler's own and
+    those of softmax(z/T) computed in numpy from a plain forward; the on-policy ratio is 1."""
+    import numpy as np
+
+    cfg = cfg_for(tiny_dir, tmp_path, "grpo", 4, num_iterations=1, num_minibatches=1,
+                  kl_coef=0.05, reuse_logps=False)
+    cfg.rollout.temperature = 0.7
+    trainer = rl.build(cfg, log=quiet)
+    torch.manual_seed(0)
+    updates, m = trainer.recipe.plan(trainer.model, [trainer.recipe.examples[:4]], 0)
+    rb = list(updates)[0][0]
+    assert m["rollout/sampler_logp_diff"] < 1e-5, m["rollout/sampler_logp_diff"]
+    _, met, _ = trainer.recipe.step(trainer.model, rb)
+    assert met["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and met["approx_kl"] == pytest.approx(0.0, abs=1e-6)
+    # sequence 0 of the batch, scored by a plain unpacked forward and a numpy log-softmax at T
+    b = rb.batch
+    ex = b.examples[int(b.seq_example[0])]
+    prompt, comp = list(ex.prompt), list(ex.completions[int(b.seq_completion[0])])
+    policy = rl.policy_of(trainer.model)
+    with torch.no_grad():
+        z = policy(input_ids=torch.tensor([prompt + comp])).logits[0].double().numpy() / 0.7
+    want = []
+    for t, tok in enumerate(comp):
+        row = z[len(prompt) - 1 + t]
+        want.append(row[tok] - (row.max() + np.log(np.exp(row - row.max()).sum())))
+    got = rb.old_logp[b.tgt_seq == 0].double().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)

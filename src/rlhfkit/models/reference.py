@@ -68,10 +68,13 @@ class Reference:
         return self.model if self.mode == "model" else self.policy
 
     @torch.no_grad()
-    def logprobs(self, batch, entropy: bool = False, return_hidden: bool = False) -> LogprobOutput:
+    def logprobs(self, batch, entropy: bool = False, return_hidden: bool = False,
+                 temperature: float = 1.0) -> LogprobOutput:
+        """Log-probs under π_ref; ``temperature`` scales the logits as the sampler did (online RL
+        scores samples drawn from softmax(z/T) under the same T)."""
         with self._as_reference() as m:
             return completion_logprobs(m, batch, chunk=self.chunk, entropy=entropy,
-                                       return_hidden=return_hidden)
+                                       return_hidden=return_hidden, temperature=temperature)
 
     def sequence_logps(self, batch) -> torch.Tensor:
         """(S,) reference sequence log-probs, from the cache or a live forward."""

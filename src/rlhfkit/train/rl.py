@@ -69,6 +69,9 @@ class OnlineRL:
         self.cfg, self.tok, self.log = cfg, tokenizer, log
         self.G = cfg.rollout.num_generations
         self.chunk = cfg.train.logprob_chunk
+        # log-probs of sampled tokens (old, new, reference, evaluation KL) are taken under the
+        # sampling temperature: the samples come from softmax(z/T) (docs/algorithms.md#temperature)
+        self.temperature = cfg.rollout.temperature
         self.kl_where = kl_placement(cfg)
         self.policy = model
         self.critic = critic
@@ -182,9 +185,10 @@ class OnlineRL:
                 for b, ps in parts:
                     idx = target_index(b, ps, G, T)
                     if not reuse:
-                        flat_old[idx] = completion_logprobs(policy, b, chunk=self.chunk).token_logps.float().cpu()
+                        flat_old[idx] = completion_logprobs(policy, b, chunk=self.chunk,
+                                                            temperature=self.temperature).token_logps.float().cpu()
                     if flat_ref is not None:
-                        flat_ref[idx] = self.ref.logprobs(b).token_logps.float().cpu()
+                        flat_ref[idx] = self.ref.logprobs(b, temperature=self.temperature).token_logps.float().cpu()
                     if flat_val is not None:
                         flat_val[idx] = token_values(critic, b).cpu()
         old = flat_old.view(N, T) if flat_old is not None else None
@@ -196,7 +200,9 @@ class OnlineRL:
         samp = torch.zeros(N, T)
         for n, lp in enumerate(ro.logprobs):
             samp[n, :len(lp)] = torch.tensor(lp)
-        exact_sampler = cfg.rollout.temperature == 1.0 and cfg.rollout.top_p >= 1.0 and cfg.rollout.top_k == 0
+        # the sampler's log-probs are of softmax(z/T) after top-k/top-p; without those filters they
+        # are the distribution the trainer scores, so the two must agree
+        exact_sampler = cfg.rollout.top_p >= 1.0 and cfg.rollout.top_k == 0
         if exact_sampler and not reuse:
             m["rollout/sampler_logp_diff"] = float(((samp - old).abs() * umask).sum() / umask.sum().clamp(min=1))
 
@@ -301,7 +307,7 @@ class OnlineRL:
         cfg = self.cfg
         policy, critic = policy_of(model), critic_of(model)
         b = rb.batch
-        out = completion_logprobs(policy, b, chunk=self.chunk, entropy=True)
+        out = completion_logprobs(policy, b, chunk=self.chunk, entropy=True, temperature=self.temperature)
         logp = out.token_logps
         old = rb.old_logp if rb.old_logp is not None else logp.detach()  # reuse_logps: ρ = 1
         pg, ratio, clipped = clipped_surrogate(logp, old, rb.advantages,
@@ -373,8 +379,8 @@ class OnlineRL:
                            for j, ex in enumerate(sub)]
                     b = collate(exs, pad_id=self.pad_id, pack_length=self.cfg.train.pack_length).to(
                         next(policy.parameters()).device)
-                    lp = completion_logprobs(policy, b, chunk=self.chunk).seq_logps
-                    rp = self.ref.logprobs(b).seq_logps
+                    lp = completion_logprobs(policy, b, chunk=self.chunk, temperature=self.temperature).seq_logps
+                    rp = self.ref.logprobs(b, temperature=self.temperature).seq_logps
                     total += float((lp - rp).sum())
                     n += b.num_sequences
                 res["sampled/kl"] = total / max(n, 1)
