@@ -196,15 +196,44 @@ def _label(r: _Row) -> bool:
     r.fail(f"expected a boolean (true = desirable), got {v!r}", "label")
 
 
+def _check_unicode(r: _Row, value: Any, field: str) -> None:
+    """A row error for text that is not valid Unicode (JSON can spell a lone surrogate such as
+    ``"\\ud800"``, which no tokenizer can encode)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            r.fail("text is not valid Unicode (it holds a lone surrogate such as \\ud800)", field)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_unicode(r, v, field)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_unicode(r, v, f"{field}[{i}]")
+
+
+def _squash(x: Any) -> Any:
+    """Text with all whitespace removed (message lists: per role and content), for comparing
+    two completions that must differ in more than whitespace."""
+    if isinstance(x, str):
+        return "".join(x.split())
+    return [(m.get("role"), "".join(str(m.get("content", "")).split())) for m in x]
+
+
 def normalize_row(kind: str, source: str, row: int, data: dict) -> dict:
     """Validate one raw row of ``kind`` and return its normalised record."""
     r = _Row(source, row, data)
     if not isinstance(data, dict):
         r.fail(f"row is a {type(data).__name__}, expected an object")
+    for key, value in data.items():
+        _check_unicode(r, value, str(key))
     rec: dict[str, Any] = {"kind": kind, "row": row}
     if kind == "language_modeling":
         if "messages" in data:
             msgs = r.messages(r.get("messages"), "messages")
+            if msgs and msgs[0]["role"] == "assistant":
+                r.fail("the first turn is the assistant's, so it has no prompt to answer; start "
+                       "the conversation with a system or user turn", "messages")
             if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
                 r.fail("conversation has no non-empty assistant message to train on", "messages")
             rec["messages"] = msgs
@@ -220,8 +249,9 @@ def normalize_row(kind: str, source: str, row: int, data: dict) -> dict:
             rec["label"] = _label(r)
     elif kind == "preference":
         chosen, rejected = r.completion("chosen"), r.completion("rejected")
-        if chosen == rejected:
-            r.fail("chosen and rejected are identical; the pair carries no preference", "rejected")
+        if _squash(chosen) == _squash(rejected):
+            r.fail("chosen and rejected are identical (up to whitespace); the pair carries no "
+                   "preference", "rejected")
         if data.get("prompt") is not None:
             prompt = r.text_or_messages("prompt")
             chosen = _match_styles(r, prompt, chosen, "chosen")

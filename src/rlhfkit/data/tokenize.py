@@ -14,6 +14,12 @@ not trained, so a generated answer that stops at EOS looks exactly like the trai
 Plain strings are used as they are, with EOS appended to the completion. Prompt and
 completion are tokenized separately and concatenated, the way they meet at generation time.
 
+Text in the data that spells a special token (``<|im_end|>``, ``<|im_start|>assistant``)
+stays text: before rendering, every such string in the row's content is replaced by a
+private-use placeholder character, and at tokenization each placeholder becomes the ids of its
+string tokenized as plain text. Only the tokens the chat template (or the EOS appended to a
+plain completion) inserts are control tokens, so a row cannot forge a chat turn.
+
 Truncation policy (``DataConfig``): a prompt longer than ``max_prompt_length`` is dropped
 (``prompt_truncation: drop``, default) or cut from the left keeping its last tokens
 (``left``); a completion that does not fit in ``max_length`` is cut at the end
@@ -24,6 +30,7 @@ cut is counted and reported, never silent.
 from __future__ import annotations
 
 import collections
+import re
 from dataclasses import dataclass, field
 
 from ..config import DataConfig
@@ -45,6 +52,11 @@ class Example:
         return len(self.prompt) + sum(len(c) for c in self.completions)
 
 
+_PLACEHOLDER = 0x10FE00            # first of the private-use placeholder characters
+_MAX_SPECIALS = 0x1FD              # placeholders available (up to U+10FFFD)
+_PLACEHOLDER_RE = re.compile("([\U0010FE00-\U0010FFFD])")
+
+
 class Renderer:
     """Renders records to token ids with one tokenizer and one template policy."""
 
@@ -53,6 +65,13 @@ class Renderer:
             raise DataError(f"chat_template must be auto|always|never, got '{chat_template}'")
         self.tok, self.policy, self.source = tokenizer, chat_template, source
         self.eos = tokenizer.eos_token or ""
+        specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+        for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+            if getattr(t, "special", False):
+                specials.add(t.content)
+        self.specials = sorted((t for t in specials if t), key=len, reverse=True)[:_MAX_SPECIALS]
+        self._special_re = re.compile("|".join(map(re.escape, self.specials))) if self.specials else None
+        self._ids_of: dict[str, list[int]] = {}
 
     # ---------------------------------------------------------------- text rendering
     def _template(self, messages: list[dict], gen: bool, row: int) -> str:
@@ -93,8 +112,44 @@ class Renderer:
                             "that keeps earlier turns unchanged", source=self.source, row=row)
         return self._end_at_eos(full[len(prompt_text):])
 
+    # ---------------------------------------------------------------- untrusted text
+    def protect(self, x, row: int = -1, field: str = "text"):
+        """Replace special-token strings in data text (a string or a message list) by
+        placeholders that :meth:`encode` turns into the plain-text ids of those strings."""
+        if isinstance(x, list):
+            return [dict(m, content=self.protect(m.get("content", ""), row, field))
+                    if isinstance(m, dict) else self.protect(m, row, field) for m in x]
+        if not isinstance(x, str):
+            return x
+        if _PLACEHOLDER_RE.search(x):
+            raise DataError("text holds a private-use character (U+10FE00-U+10FFFD) that "
+                            "rlhfkit reserves for escaping special tokens", source=self.source,
+                            row=row, field=field)
+        if self._special_re is None:
+            return x
+        return self._special_re.sub(lambda m: chr(_PLACEHOLDER + self.specials.index(m.group(0))), x)
+
+    def _plain_ids(self, special: str) -> list[int]:
+        if special not in self._ids_of:
+            try:
+                ids = self.tok(special, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            except TypeError:  # a tokenizer without the option: encode it character by character
+                ids = [i for ch in special for i in self.tok(ch, add_special_tokens=False)["input_ids"]]
+            self._ids_of[special] = ids
+        return self._ids_of[special]
+
     def encode(self, text: str, first: bool) -> list[int]:
-        return self.tok(text, add_special_tokens=first)["input_ids"] if text else []
+        if not text:
+            return []
+        if not _PLACEHOLDER_RE.search(text):
+            return self.tok(text, add_special_tokens=first)["input_ids"]
+        ids: list[int] = []
+        for j, piece in enumerate(_PLACEHOLDER_RE.split(text)):
+            if j % 2:  # a placeholder: the special token's string as plain text
+                ids += self._plain_ids(self.specials[ord(piece) - _PLACEHOLDER])
+            elif piece:
+                ids += self.tok(piece, add_special_tokens=first and not ids)["input_ids"]
+        return ids
 
     # ---------------------------------------------------------------- records -> examples
     def multiturn(self, messages: list[dict], row: int) -> tuple[list[int], list[int], list[int]]:
@@ -121,6 +176,8 @@ class Renderer:
 
     def example(self, rec: dict) -> Example:
         kind, row = rec["kind"], rec["row"]
+        original = rec
+        rec = {k: self.protect(v, row, k) if k in _TEXT_FIELDS else v for k, v in rec.items()}
         if kind == "language_modeling":
             if "messages" in rec:
                 p, c, m = self.multiturn(rec["messages"], row)
@@ -139,8 +196,8 @@ class Renderer:
             comps = [rec["completion"]]
         else:  # prompt_only
             comps = []
-            extra = {k: v for k, v in rec.items() if k not in ("kind", "row", "prompt")}
-            extra["prompt"] = rec["prompt"]
+            extra = {k: v for k, v in original.items() if k not in ("kind", "row", "prompt")}
+            extra["prompt"] = original["prompt"]
         ids = [self.encode(self.completion_text(rec["prompt"], ptext, c, row), False) for c in comps]
         for k, c in enumerate(ids):
             if not c:
@@ -149,6 +206,9 @@ class Renderer:
                                 row=row, field=name)
         return Example(row, prompt, ids, scores=rec.get("scores"), label=rec.get("label"),
                        extra=extra)
+
+
+_TEXT_FIELDS = ("prompt", "completion", "chosen", "rejected", "completions", "messages", "text")
 
 
 def truncate(ex: Example, cfg: DataConfig, stats: collections.Counter) -> Example | None:
