@@ -20,7 +20,7 @@ def test_arithmetic_reads_the_last_number():
 
 
 def test_arithmetic_rejects_a_non_numeric_answer():
-    with pytest.raises(RowError, match="not a number"):
+    with pytest.raises(RowError, match="not a finite number"):
         arithmetic_score("55", "fifty-five")
 
 

@@ -9,14 +9,19 @@
 * ``format``: the completion matches a regex (``re.search``); by default it must end with a
   final-answer sentence such as "The answer is 42." (see ``DEFAULT_FORMAT_PATTERN``).
 
+Numbers are compared exactly, as rationals: integers of any size must be equal (``10**9 + 1``
+is not ``10**9``), and ``"72.0"`` equals ``"72"``; when either number has a fractional part
+they match within ``DECIMAL_ABS_TOL`` (1e-6), so a rounded decimal answer still counts.
+
 A completion without a usable number simply scores 0.0. A row whose *data* is unusable (no
-``answer`` field, or an answer that is not a number) fails with a message instead.
+``answer`` field, or an answer that is not a finite number) fails with a message instead.
 """
 
 from __future__ import annotations
 
-import math
 import re
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from typing import Callable
 
 from ..tasks.arithmetic import last_number
@@ -29,14 +34,20 @@ class RowError(ValueError):
     """A row's data cannot be checked; the message says why and how to fix it."""
 
 
-def to_number(text: str | None) -> float | None:
-    """``"1,000" -> 1000.0``; None when ``text`` is None or not a number."""
+DECIMAL_ABS_TOL = Fraction(1, 10**6)
+"""Largest difference accepted between two numbers when either has a fractional part."""
+
+
+def to_number(text) -> Fraction | None:
+    """``"1,000" -> Fraction(1000)``, exact; None when ``text`` is None, not a number, or not
+    finite (``inf``, ``nan``)."""
     if text is None:
         return None
     try:
-        return float(str(text).replace(",", "").strip().rstrip("."))
-    except ValueError:
+        d = Decimal(str(text).replace(",", "").strip().rstrip("."))
+    except (InvalidOperation, ValueError):
         return None
+    return Fraction(d) if d.is_finite() else None
 
 
 def number_after_marker(text: str, marker: str = "####") -> str | None:
@@ -48,9 +59,13 @@ def number_after_marker(text: str, marker: str = "####") -> str | None:
     return m.group(0).replace(",", "") if m else None
 
 
-def same_number(a: float | None, b: float | None) -> bool:
-    """Numeric equality, tolerant of float noise ("72.0" == "72")."""
-    return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+def same_number(a: Fraction | None, b: Fraction | None) -> bool:
+    """Exact equality of integers; within ``DECIMAL_ABS_TOL`` when either has a fraction."""
+    if a is None or b is None:
+        return False
+    if a.denominator == 1 and b.denominator == 1:
+        return a == b
+    return abs(a - b) <= DECIMAL_ABS_TOL
 
 
 def _answer_field(extra: dict, verifier: str):
@@ -64,24 +79,24 @@ def arithmetic_score(completion: str, answer) -> float:
     """1.0 if the last number of ``completion`` equals ``answer`` (a number or numeric string)."""
     gold = to_number(str(answer))
     if gold is None:
-        raise RowError(f"answer {str(answer)[:40]!r} is not a number (the arithmetic verifier "
-                       "needs the bare result, e.g. '55')")
+        raise RowError(f"answer {str(answer)[:40]!r} is not a finite number (the arithmetic "
+                       "verifier needs the bare result, e.g. '55')")
     return 1.0 if same_number(to_number(last_number(completion)), gold) else 0.0
 
 
-def gsm8k_gold(answer) -> float:
+def gsm8k_gold(answer) -> Fraction:
     """The gold number of a GSM8K ``answer``: the number after ``####``, or a bare number."""
     text = str(answer)
     gold = to_number(number_after_marker(text))
     if gold is None and "####" not in text:
         gold = to_number(text)
     if gold is None:
-        raise RowError(f"answer {text[-40:]!r} has no final '#### <number>' (the gsm8k verifier "
-                       "reads the gold answer from it)")
+        raise RowError(f"answer {text[-40:]!r} has no final '#### <number>' with a finite number "
+                       "(the gsm8k verifier reads the gold answer from it)")
     return gold
 
 
-def gsm8k_prediction(completion: str) -> float | None:
+def gsm8k_prediction(completion: str) -> Fraction | None:
     """The number after the last ``####`` in ``completion``, else its last number."""
     marked = number_after_marker(completion)
     return to_number(marked if marked is not None else last_number(completion))
