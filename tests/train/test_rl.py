@@ -254,3 +254,35 @@ def test_training_logprobs_use_the_sampling_temperature(tiny_dir, tmp_path):
         want.append(row[tok] - (row.max() + np.log(np.exp(row - row.max()).sum())))
     got = rb.old_logp[b.tgt_seq == 0].double().numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def _grad_of_one_update(tiny_dir, out, **kw):
+    cfg = cfg_for(tiny_dir, out, "rloo", 4, reuse_logps=False, **kw)
+    trainer = rl.build(cfg, log=quiet)
+    torch.manual_seed(0)
+    updates, _ = trainer.recipe.plan(trainer.model, [trainer.recipe.examples[:4]], 0)
+    rb = list(updates)[0][0]
+    seq_adv = torch.linspace(-1.0, 1.0, rb.batch.num_sequences)
+    rb.advantages = seq_adv[rb.batch.tgt_seq]  # one advantage per completion, as RLOO gives
+    loss, met, _ = trainer.recipe.step(trainer.model, rb)
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+    return met, grads, seq_adv
+
+
+def test_rloo_sequence_level_objective_in_training(tiny_dir, tmp_path):
+    """RLOO defaults to the paper's sequence-level ratio. On policy (ρ = 1) its gradient is
+    −Σ_s A_s Σ_t ∇log π(y_t), i.e. max_new_tokens × that of the token-level sum-over-tokens
+    objective (dr_grpo: −Σ_s Σ_t A_s ∇log π(y_t) / max_new_tokens); its loss is −Σ_s A_s."""
+    met_s, g_seq, adv = _grad_of_one_update(tiny_dir, tmp_path / "seq")
+    met_t, g_tok, _ = _grad_of_one_update(tiny_dir, tmp_path / "tok", importance_level="token",
+                                          loss_agg="dr_grpo")
+    assert met_s["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert met_s["policy_loss_seq"] == pytest.approx(float(-adv.mean()), abs=1e-6)
+    torch.testing.assert_close(g_seq, 6 * g_tok, rtol=1e-4, atol=1e-6)  # max_new_tokens = 6
+    assert g_seq.abs().sum() > 0
+
+
+def test_importance_level_sequence_with_dapo_is_refused():
+    with pytest.raises(ConfigError, match="importance_level=sequence"):
+        build_config(rl.RLConfig, None, [("advantage", "rloo"), ("loss_agg", "dapo")])

@@ -30,6 +30,30 @@ def clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, *, eps
     return loss, ratio.detach(), clipped.detach()
 
 
+def sequence_clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
+                               seq: Tensor, num_seqs: int, *, eps_low: float = 0.2,
+                               eps_high: float = 0.2) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The clipped objective with the whole completion as one action, per sequence
+    (docs/algorithms.md#importance-level): −min(ρ_s A_s, clip(ρ_s, 1−ε_low, 1+ε_high) A_s),
+    ρ_s = exp(Σ_t (log π − log π_old)) over the sequence's masked tokens.
+
+    ``advantages`` are per token (a sequence-level estimator broadcasts one value over the
+    sequence; its masked token mean is taken as A_s). Returns ``(loss, ratio, clipped, live)``,
+    each (num_seqs,); ``live`` marks sequences with at least one masked token (the others
+    carry loss 0).
+    """
+    m = mask.to(logp.dtype)
+    log_ratio = logp.new_zeros(num_seqs).index_add(0, seq, (logp - old_logp) * m)
+    n = m.new_zeros(num_seqs).index_add(0, seq, m)
+    adv = m.new_zeros(num_seqs).index_add(0, seq, advantages * m) / n.clamp(min=1)
+    live = n > 0
+    ratio = torch.exp(log_ratio.clamp(max=20.0))
+    clipped_ratio = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    loss = -torch.minimum(ratio * adv, clipped_ratio * adv) * live
+    clipped = (clipped_ratio * adv < ratio * adv) & (clipped_ratio != ratio)
+    return loss, ratio.detach(), (clipped & live).detach(), live
+
+
 def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor,
                        clip: float = 0.2) -> tuple[Tensor, Tensor]:
     """½·max((V − R)², (clip(V, V_old − c, V_old + c) − R)²) per token, and a mask of the

@@ -103,6 +103,10 @@ class RLConfig:
     """With one update per rollout (num_iterations 1, num_minibatches 1) and no KL term in the
     reward or adaptive KL, take the rollout policy's log-probs from the update's own forward
     (detached) instead of a separate no-grad pass: ratios are exactly 1, one forward less."""
+    importance_level: str = "auto"
+    """token (one ratio per token, PPO/GRPO) | sequence (one ratio exp(Σ_t Δlog π) per
+    completion, clipped per sequence, as in the RLOO paper) | auto (sequence for rloo, token
+    otherwise). docs/algorithms.md#importance-level."""
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
     """Upper clip (0.28 = DAPO clip-higher)."""
@@ -160,6 +164,13 @@ class PPOConfig(RLConfig):
 GRPOConfig = RLConfig
 
 
+def importance_level(cfg: RLConfig) -> str:
+    """``token`` or ``sequence``: what one importance ratio covers (auto: sequence for rloo)."""
+    if cfg.importance_level != "auto":
+        return cfg.importance_level
+    return "sequence" if cfg.advantage == "rloo" else "token"
+
+
 def kl_placement(cfg: RLConfig) -> str:
     if cfg.kl_in != "auto":
         return cfg.kl_in
@@ -182,6 +193,10 @@ def validate(cfg: RLConfig) -> None:
     check_range("eval_samples", cfg.eval_samples, lo=0)
     check_range("ptx_batch_size", cfg.ptx_batch_size, lo=1)
     check_choice("reference", cfg.reference, ("auto", "model", "adapters", "none"))
+    check_choice("importance_level", cfg.importance_level, ("auto", "token", "sequence"))
+    if importance_level(cfg) == "sequence" and cfg.loss_agg == "dapo":
+        raise ConfigError("importance_level=sequence averages the objective over sequences; use "
+                          "loss_agg grpo or dr_grpo (dapo averages over tokens)")
     if cfg.advantage not in ADVANTAGES:
         raise ConfigError(f"advantage must be one of {sorted(ADVANTAGES)}, got '{cfg.advantage}'")
     if cfg.loss_agg not in LOSS_AGGREGATIONS:

@@ -43,7 +43,7 @@ from ..data.pipeline import load_examples
 from ..data.tokenize import Example, tokenize_records
 from ..errors import ConfigError
 from ..losses.kl import kl_estimate
-from ..losses.policy import aggregate, clipped_surrogate, clipped_value_loss
+from ..losses.policy import aggregate, clipped_surrogate, clipped_value_loss, sequence_clipped_surrogate
 from ..losses.sft import sft_loss
 from ..models.forward import completion_logprobs, unwrap
 from ..models.loading import load_model, load_scalar_model
@@ -52,7 +52,7 @@ from ..rewards.base import build_rewards, reward_config_from
 from ..rl.advantages import NEEDS_CRITIC, AdvantageInputs, compute_advantages, masked_mean, masked_whiten
 from ..rl.batches import OnPolicyStats, PolicyWithCritic, RLBatch, critic_of, policy_of, target_index, token_values
 from ..rl.config import (CriticConfig, GRPOConfig, PPOConfig, RLConfig, RolloutConfig,  # noqa: F401
-                         kl_placement, validate)  # noqa: F401  (validate: public API)
+                         importance_level, kl_placement, validate)  # noqa: F401  (validate: public API)
 from ..rl.kl_control import make_kl_controller
 from ..rl.monitors import RewardHackingMonitor
 from ..rl.rollout import SamplingParams, make_backend, rollout_options
@@ -69,6 +69,7 @@ class OnlineRL:
         self.cfg, self.tok, self.log = cfg, tokenizer, log
         self.G = cfg.rollout.num_generations
         self.chunk = cfg.train.logprob_chunk
+        self.importance = importance_level(cfg)
         # log-probs of sampled tokens (old, new, reference, evaluation KL) are taken under the
         # sampling temperature: the samples come from softmax(z/T) (docs/algorithms.md#temperature)
         self.temperature = cfg.rollout.temperature
@@ -310,10 +311,17 @@ class OnlineRL:
         out = completion_logprobs(policy, b, chunk=self.chunk, entropy=True, temperature=self.temperature)
         logp = out.token_logps
         old = rb.old_logp if rb.old_logp is not None else logp.detach()  # reuse_logps: ρ = 1
-        pg, ratio, clipped = clipped_surrogate(logp, old, rb.advantages,
-                                               eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high)
-        tok_loss = pg
         mask = rb.mask
+        if self.importance == "sequence":  # one ratio per completion (docs/algorithms.md#importance-level)
+            seq_pg, seq_ratio, seq_clipped, live = sequence_clipped_surrogate(
+                logp, old, rb.advantages, mask, b.tgt_seq, b.num_sequences,
+                eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high)
+            pg = torch.zeros_like(logp)
+            ratio, clipped = seq_ratio[b.tgt_seq], seq_clipped[b.tgt_seq]
+        else:
+            pg, ratio, clipped = clipped_surrogate(logp, old, rb.advantages,
+                                                   eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high)
+        tok_loss = pg
         nt = mask.sum().clamp(min=1)
         metrics = {}
         if rb.ref_logp is not None:
@@ -327,6 +335,9 @@ class OnlineRL:
             tok_loss = tok_loss - cfg.entropy_coef * out.entropy
         loss_sum, _ = aggregate(tok_loss, mask, b.tgt_seq, b.num_sequences, cfg.loss_agg,
                                 cfg.rollout.max_new_tokens)
+        if self.importance == "sequence":  # the loop divides by the step's sequence count
+            loss_sum = loss_sum + seq_pg.sum()
+            metrics["policy_loss_seq"] = float(seq_pg.detach()[live].mean()) if live.any() else 0.0
         log_ratio = (logp.detach() - old)
         approx_kl = float((((ratio - 1) - log_ratio) * mask).sum() / nt)
         metrics.update({"policy_loss": float((pg.detach() * mask).sum() / nt),
