@@ -46,7 +46,7 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _REFERENCE = re.compile(rf"({_IDENT}(?:\.{_IDENT})*):({_IDENT}(?:\.{_IDENT})*)")
 _HOW = "must be an importable module:function, e.g. 'my_rewards:length_penalty'"
 STARTUP_TIMEOUT = 120.0
-"""Seconds a new worker may take to start and import the function (not part of ``timeout``)."""
+"""Seconds a new worker may take to start and import the user's module (not part of ``timeout``)."""
 
 
 # --------------------------------------------------------------------------- references
@@ -67,9 +67,11 @@ def load_function(ref: str, where: str = "reward.fn") -> Callable:
     except ModuleNotFoundError as e:
         raise ConfigError(f"{where}: reward function '{ref}': module '{e.name or module_name}' "
                           f"not found; it {_HOW} (is the module on PYTHONPATH?)") from None
-    except Exception as e:  # the module itself is broken: show its error
-        raise ConfigError(f"{where}: reward function '{ref}': importing '{module_name}' raised "
-                          f"{type(e).__name__}: {e}") from None
+    except (Exception, SystemExit, KeyboardInterrupt) as e:  # the module itself is broken
+        what = (f"called sys.exit({e.code!r})" if isinstance(e, SystemExit)
+                else f"raised {type(e).__name__}: {e}")
+        raise ConfigError(f"{where}: reward function '{ref}': importing module '{module_name}' "
+                          f"{what}") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"{where}: reward function '{ref}': '{module_name}' has no "
@@ -136,13 +138,13 @@ def _exception_text(e: BaseException, where: bool = False) -> str:
 
 # --------------------------------------------------------------------------- worker
 
-def _worker_main(conn, ref: str) -> None:
+def _worker_main(conn, ref: str, where: str = "reward.fn") -> None:
     """Worker process: import ``ref``, then answer ``(prompts, completions, columns)``
     requests with ``("ok", values)``, ``("raised", text)`` or ``("bad", text)`` until
     ``None`` arrives or the parent goes away."""
     try:
-        fn = load_function(ref)
-    except Exception as e:  # noqa: BLE001 - reported to the parent
+        fn = load_function(ref, where)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
         conn.send(("error", str(e)))
         return
     conn.send(("ready", None))
@@ -196,24 +198,32 @@ class FunctionReward:
     """A reward source calling a user function in a persistent worker process."""
 
     def __init__(self, ref: str, *, name: str = "", timeout: float = 30.0, where: str = "reward.fn"):
-        load_function(ref, where)  # fail now, with a ConfigError, on a bad reference
-        self.ref, self.timeout = ref, float(timeout)
-        self.name = name or parse_reference(ref)[1].rpartition(".")[2]
+        module_name, attr = parse_reference(ref, where)
+        self.ref, self.timeout, self.where = ref, float(timeout), where
+        self.name = name or attr.rpartition(".")[2]
         self._ctx = mp.get_context("spawn")
         self._proc = None
         self._conn = None
+        # the user's module is imported in the worker only (time-limited; an exit or a hang at
+        # import cannot end or stall this process): start it now so a bad module fails here
+        why = self._start()
+        if why is not None:
+            if why.startswith(where + ":"):
+                raise ConfigError(why)
+            raise ConfigError(f"{where}: reward function '{ref}': {why} while importing module "
+                              f"'{module_name}'; check that importing it is quick and does not exit")
 
     # ----- worker lifecycle
     def _start(self) -> str | None:
         """Start the worker; None when it is ready, else a message why it is not."""
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_worker_main, args=(child, self.ref), daemon=True,
+        proc = self._ctx.Process(target=_worker_main, args=(child, self.ref, self.where), daemon=True,
                                  name=f"reward-{self.name}")
         with _main_hidden():
             proc.start()
         child.close()
         self._proc, self._conn = proc, parent
-        wait = max(STARTUP_TIMEOUT, self.timeout)
+        wait = STARTUP_TIMEOUT
         try:
             if not parent.poll(wait):
                 self._stop(kill=True)
