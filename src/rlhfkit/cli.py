@@ -116,11 +116,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .config import build_config
         cfg = build_config(cls, args.config, _overrides(rest, args.command))
-        module.run(cfg)
+        from .train.loop import RUN_CONFIG
+        token = RUN_CONFIG.set(cfg)  # recorded in each run dir, compared on resume
+        try:
+            module.run(cfg)
+        finally:
+            RUN_CONFIG.reset(token)
         return 0
     except RlhfkitError as e:
         print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"rlhfkit {args.command}: interrupted", file=sys.stderr)
         return 130

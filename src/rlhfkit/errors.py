@@ -37,3 +37,9 @@ class ModelError(RlhfkitError):
 
 class TrainingError(RlhfkitError):
     """Training cannot continue (NaN/Inf loss, broken checkpoint, ...)."""
+
+
+class Preempted(TrainingError):
+    """The run was asked to stop (SIGTERM from Slurm, Kubernetes, ...) and saved a checkpoint."""
+
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect of a terminated job

@@ -46,8 +46,8 @@ def test_torn_checkpoint_falls_back_to_the_previous_one(tiny_dir, rows, tmp_path
     with open(newest, "r+b") as f:
         f.truncate(os.path.getsize(newest) // 2)  # torn write
     logs = []
-    sft.run(cfg(tiny_dir, rows, tmp_path, resume=True), log=logs.append)
-    assert any("step-000004 is incomplete or corrupted; trying the previous one" in m for m in logs)
+    sft.run(cfg(tiny_dir, rows, tmp_path, resume=True, resume_allow="max_steps"), log=logs.append)
+    assert any("step-000004 is incomplete or corrupted (" in m and "trying the previous one" in m for m in logs)
     assert any("resumed from" in m and "step-000002" in m for m in logs)
     got = losses(tmp_path)
     assert [s for s, _ in got] == list(range(1, 7))
@@ -58,7 +58,7 @@ def test_disk_full_while_saving_keeps_the_last_good_checkpoint(tiny_dir, rows, t
     real, calls = checkpoint.save_file, []
 
     def full_disk(*a, **k):
-        calls.append(1)
+        calls.append(1) if str(a[1]).endswith("trainable.safetensors") else None
         if len(calls) == 2:  # the second checkpoint (step 4) hits a full disk
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*a, **k)

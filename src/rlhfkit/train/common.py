@@ -31,8 +31,15 @@ def model_device(model):
 
 
 def save_model(model, tokenizer, path: str, lora: LoraConfig, config=None, extra_config: dict | None = None):
-    """``save_pretrained`` outputs: full weights, or LoRA adapters (merged when asked)."""
-    os.makedirs(path, exist_ok=True)
+    """``save_pretrained`` outputs: full weights, or LoRA adapters (merged when asked), written
+    into a temporary directory that then replaces ``path`` whole (no old file survives beside them)."""
+    from .checkpoint import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        _save_model(model, tokenizer, tmp, lora, config, extra_config)
+
+
+def _save_model(model, tokenizer, path: str, lora: LoraConfig, config=None, extra_config: dict | None = None):
     if lora.r > 0 and lora.merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     target = model.get_base_model() if hasattr(model, "get_base_model") and not (

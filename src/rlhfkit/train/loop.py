@@ -16,10 +16,17 @@ resumed run sees exactly the batches the uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
+import hashlib
 import json
 import math
 import os
 import resource
+import signal
+import socket
+import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,9 +34,15 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import TrainConfig
-from ..errors import ConfigError, TrainingError
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..config import TrainConfig, to_dict
+from ..errors import ConfigError, Preempted, TrainingError
+from .checkpoint import (RunLock, atomic_dir, check_writable, compare_config, empty_run_dir,
+                         examples_fingerprint, file_fingerprints, is_run_dir, latest_checkpoint,
+                         list_checkpoints, load_checkpoint, read_record, save_checkpoint, write_record)
+
+RUN_CONFIG: contextvars.ContextVar = contextvars.ContextVar("rlhfkit_run_config", default=None)
+"""The whole resolved config of the command being run (set by the CLI), recorded in each run
+dir so a resume can tell what changed; a recipe may pass its own as ``Recipe.config``."""
 
 
 @dataclass
@@ -56,6 +69,9 @@ class Recipe:
     """Called with each step's finished metrics record (monitors, schedules)."""
     should_stop: Callable[[], str] | None = None
     """Checked after every step: a non-empty reason ends the run early (final eval and save)."""
+    config: Any = None
+    """The recipe's whole config (a dataclass), recorded in the run dir and compared on resume;
+    without it the config the CLI is running (``RUN_CONFIG``) or just the train section is used."""
 
 
 class MetricsLog:
@@ -71,22 +87,57 @@ class MetricsLog:
             except Exception:  # tensorboard not installed: JSONL only
                 self.tb = None
 
-    def truncate_after(self, step: int) -> None:
-        """On resume, drop records written after the checkpoint (no duplicates, no gaps)."""
+    def truncate_after(self, step: int, log=None) -> None:
+        """On resume, drop records written after the checkpoint (no duplicates, no gaps). A torn
+        final line (the process was killed while writing it) is dropped and reported; a broken
+        line before the end is an error."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        with open(self.path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+        keep = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                if i == len(lines) - 1:
+                    if log:
+                        log(f"{self.path}: dropped a torn final line (a write was interrupted): {line.strip()[:60]!r}")
+                    continue
+                raise TrainingError(f"{self.path}, line {i + 1}: not a JSON record; fix or delete that line, "
+                                    "then resume again") from None
+            if rec.get("step", 0) <= step:
+                keep.append(json.dumps(rec, allow_nan=False) + "\n" if not line.endswith("\n") else line)
         with open(self.path, "w") as f:
             f.writelines(keep)
+
+    @staticmethod
+    def record(step: int, metrics: dict) -> dict:
+        """Strict JSON: a non-finite number is written as null and its key listed in ``nonfinite``."""
+        rec: dict = {"step": step}
+        bad = []
+        for k, v in metrics.items():
+            if isinstance(v, float):
+                if math.isfinite(v):
+                    v = round(v, 8)
+                else:
+                    v = None
+                    bad.append(k)
+            rec[k] = v
+        if bad:
+            rec["nonfinite"] = bad
+        return rec
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        rec = {"step": step, **{k: (round(v, 8) if isinstance(v, float) else v)
-                                for k, v in metrics.items()}}
+        rec = self.record(step, metrics)
         with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(json.dumps(rec, allow_nan=False) + "\n")
         if self.tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and math.isfinite(v):
@@ -191,10 +242,86 @@ class Trainer:
             self.model, self.optimizer = self.accelerator.prepare(recipe.model, self.optimizer)
         if not self.accelerator.is_main_process:
             self.log = lambda *a: None  # one process speaks
-        os.makedirs(cfg.output_dir, exist_ok=True)
         self.ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
+        self.last_good: str | None = None  # the newest checkpoint known to be good
+        self.lock = None
+        self._term = self._critical = self._sigint_pending = False
+        self._done = 0  # optimizer steps whose updates and metrics are complete
+        err = ""
+        if self.accelerator.is_main_process:  # under torchrun only rank 0 writes
+            try:
+                self._prepare_run_dir()
+            except TrainingError as e:
+                err = str(e)
+                self._release()
+        self._agree(err)
         self.metrics = MetricsLog(os.path.join(cfg.output_dir, "metrics.jsonl"), cfg.tensorboard,
                                   enabled=self.accelerator.is_main_process)
+
+    # ------------------------------------------------------------------ the run directory
+    def _agree(self, err: str) -> None:
+        """Raise on every process when one of them (the main one) found an error."""
+        if self.world > 1 and self.all_sum([1.0 if err else 0.0])[0] > 0:
+            raise TrainingError(err or "the main process stopped the run (see its message)")
+        if err:
+            raise TrainingError(err)
+
+    def _record(self) -> dict:
+        """What identifies this run: its resolved config (the train section as this trainer runs it),
+        the local data files and the training examples."""
+        full = self.recipe.config if self.recipe.config is not None else RUN_CONFIG.get()
+        config = to_dict(full) if full is not None and dataclasses.is_dataclass(full) else {}
+        config["train"] = to_dict(self.cfg)
+        return {"config": config, "data": {"files": file_fingerprints(config),
+                                           "examples": examples_fingerprint(self.recipe.examples)}}
+
+    def _prepare_run_dir(self) -> None:
+        """Before anything is written: the dir is writable and ours alone (a lock for the run's
+        life); a fresh run does not land on another run's results unless told to overwrite them;
+        a resume continues only the run it was recorded as (config and data)."""
+        cfg, out = self.cfg, self.cfg.output_dir
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise TrainingError(f"cannot create the output dir {out} ({e.strerror or e}); fix its permissions "
+                                "or choose another --train.output_dir") from e
+        check_writable([out, self.ckpt_dir] + [os.path.join(out, d) for d in ("final", "best")])
+        self.lock = RunLock(out, self.log)
+        record = self._record()
+        if cfg.resume:
+            old = read_record(out)
+            if old is not None and list_checkpoints(self.ckpt_dir):
+                bad, ok = compare_config(old, record, cfg.resume_allow)
+                if bad:
+                    keys = list(dict.fromkeys(b.split(":", 1)[0] for b in bad))
+                    allow = ",".join(k[6:] if k.startswith("train.") else k for k in keys)
+                    raise TrainingError(f"cannot resume {out}: it was recorded with a different config or data "
+                                        f"({'; '.join(bad)[:400]}); allow it with --train.resume_allow {allow} "
+                                        "or start over with --train.overwrite true (deletes the run)")
+                if ok:
+                    self.log(f"[{self.recipe.name}] resume: allowed config changes: {'; '.join(ok)[:400]}")
+            elif old is None and list_checkpoints(self.ckpt_dir):
+                self.log(f"[{self.recipe.name}] resume: {out} has no recorded config ({os.path.basename(out)}/run.json); "
+                         "not checked")
+        elif is_run_dir(out):
+            if not cfg.overwrite:
+                raise TrainingError(f"{out} already holds a run (metrics, checkpoints or final/); continue it with "
+                                    "--train.resume true, replace it with --train.overwrite true, or choose another "
+                                    "--train.output_dir")
+            removed = empty_run_dir(out)
+            self.log(f"[{self.recipe.name}] overwrite: removed the previous run in {out} ({', '.join(removed)})")
+        write_record(out, record)
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __del__(self):
+        try:
+            self._release()
+        except Exception:
+            pass
 
     # ------------------------------------------------------------------ data order
     def _indices(self, k: int, perms: dict | None = None) -> list[int]:
@@ -270,30 +397,99 @@ class Trainer:
         v, best = float(res[key]), self.recipe.state.get("best_value")
         if best is not None and (v <= best if cfg.best_mode == "max" else v >= best):
             return
+        if not self._weights_finite():
+            return  # never keep non-finite weights as the best model
         self.recipe.state["best_value"] = v
-        path = os.path.join(cfg.output_dir, "best")
         if self.accelerator.is_main_process:
-            self.recipe.save(self.accelerator.unwrap_model(self.model), path)
+            path = self._write_model("best")
             with open(os.path.join(cfg.output_dir, "best.json"), "w") as f:
                 json.dump({"step": step, "metric": key, "value": v}, f)
             self.log(f"[{self.recipe.name}] best {key}={v:.4g} at step {step}: saved {path}")
         self.accelerator.wait_for_everyone()
 
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters() if p.requires_grad)
+
+    def _check_finite(self, step: int, what: str) -> None:
+        if not self._weights_finite():
+            raise TrainingError(f"the weights are not finite (NaN/Inf) after step {step}; {what}. The last good "
+                                f"checkpoint is {self.last_good or 'none'}; lower train.lr or check the data")
+
     def _save(self, step: int) -> None:
+        """Checkpoint at ``step`` (never of non-finite weights); a failure is an error on every process."""
+        self._check_finite(step, "no checkpoint written")
+        err = ""
         if self.accelerator.is_main_process:
-            save_checkpoint(self.ckpt_dir, step, model=self.accelerator.unwrap_model(self.model),
-                            optimizer=self.optimizer, scheduler=self.scheduler,
-                            state={"total_steps": self.total_steps}, extra=self.recipe.state,
-                            keep=self.cfg.save_total_limit)
+            try:
+                self.last_good = save_checkpoint(
+                    self.ckpt_dir, step, model=self.accelerator.unwrap_model(self.model),
+                    optimizer=self.optimizer, scheduler=self.scheduler, state={"total_steps": self.total_steps},
+                    extra=self.recipe.state, keep=self.cfg.save_total_limit)
+            except TrainingError as e:
+                err = str(e)
+        self._agree(err)
         self.accelerator.wait_for_everyone()
+
+    def _write_model(self, name: str) -> str:
+        """``recipe.save`` into ``output_dir/name`` atomically: a temp dir renamed over the old one
+        (nothing of an earlier model, e.g. full weights beside new LoRA adapters, survives)."""
+        path = os.path.join(self.cfg.output_dir, name)
+        try:
+            with atomic_dir(path) as tmp:
+                self.recipe.save(self.accelerator.unwrap_model(self.model), tmp)
+        except OSError as e:
+            raise TrainingError(f"could not write {path}: {e.strerror or e}; the last good checkpoint is "
+                                f"{self.last_good or 'none'}") from e
+        return path
+
+    # ------------------------------------------------------------------ signals
+    def _on_sigterm(self, signum, frame) -> None:
+        if not self._term:
+            self.log(f"[{self.recipe.name}] SIGTERM: finishing step {self._done + 1}, then saving a checkpoint")
+        self._term = True
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._critical and not self._sigint_pending:  # mid-update: finish the step first
+            self._sigint_pending = True
+            return
+        raise KeyboardInterrupt
+
+    def _install_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return (signal.signal(signal.SIGTERM, self._on_sigterm), signal.signal(signal.SIGINT, self._on_sigint))
+
+    @staticmethod
+    def _restore_signals(old) -> None:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old[0])
+            signal.signal(signal.SIGINT, old[1])
+
+    def _step_done(self, step: int) -> None:
+        """The step's updates and metrics record are complete: a checkpoint may now be labelled with it."""
+        self._done, self._critical = step, False
+        if self._sigint_pending:
+            self._sigint_pending = False
+            raise KeyboardInterrupt
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
         """Run to the end; return ``{"initial": eval at step 0, "final": eval at the end}``."""
+        old = self._install_signals()
+        try:
+            return self._train()
+        finally:
+            self._restore_signals(old)
+            self._release()
+
+    def _train(self) -> dict:
         cfg, acc = self.cfg, self.accelerator
         start = 0
         if cfg.resume:
             path = latest_checkpoint(self.ckpt_dir, self.log)
+            if path is None and list_checkpoints(self.ckpt_dir):
+                raise TrainingError(f"resume: no intact checkpoint in {self.ckpt_dir} (see the lines above); "
+                                    "start over with --train.overwrite true")
             if path is None:
                 self.log(f"[{self.recipe.name}] resume: no checkpoint in {self.ckpt_dir}; starting fresh")
                 self.metrics.truncate_after(-1)  # records of a run killed before its first checkpoint
@@ -302,10 +498,12 @@ class Trainer:
                                                optimizer=self.optimizer, scheduler=self.scheduler)
                 self.recipe.state.update(extra)
                 start = state["step"]
-                self.metrics.truncate_after(start)
+                self.last_good = path
+                self.metrics.truncate_after(start, self.log)
                 self.log(f"[{self.recipe.name}] resumed from {path} (step {start}/{self.total_steps})")
         elif os.path.exists(self.metrics.path) and acc.is_main_process:
             os.remove(self.metrics.path)  # a fresh run starts a fresh metrics file
+        self._done = start
         first_eval = last_eval = self.evaluate(0) if start == 0 else {}
         end = self.total_steps
         self.model.train()
@@ -317,31 +515,55 @@ class Trainer:
         try:
             for step in range(start, self.total_steps):
                 rec = self._train_step(step)
+                if (step + 1) % max(1, cfg.logging_steps) == 0 or step + 1 == self.total_steps:
+                    self.metrics.write(step + 1, rec)
+                self._step_done(step + 1)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec.get('train/loss', float('nan')):.4f}")
-                if (step + 1) % max(1, cfg.logging_steps) == 0 or step + 1 == self.total_steps:
-                    self.metrics.write(step + 1, rec)
                 if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0 and step + 1 < self.total_steps:
                     last_eval = self.evaluate(step + 1)
                 if cfg.save_steps and (step + 1) % cfg.save_steps == 0:
                     self._save(step + 1)
+                term = self._term if self.world == 1 else self.all_sum([float(self._term)])[0] > 0
+                if term:
+                    if not (cfg.save_steps and (step + 1) % cfg.save_steps == 0):
+                        self._save(step + 1)
+                    self.log(f"[{self.recipe.name}] SIGTERM: saved checkpoint {self.last_good} after step "
+                             f"{step + 1}; exiting")
+                    raise Preempted(f"terminated by SIGTERM after step {step + 1}/{self.total_steps}: checkpoint "
+                                    f"{self.last_good} saved; continue with --train.resume true")
                 reason = self.recipe.should_stop() if self.recipe.should_stop is not None else ""
                 if reason:
                     self.log(f"[{self.recipe.name}] early stop at step {step + 1}: {reason}")
                     end = step + 1
                     break
         except KeyboardInterrupt:
-            self.log(f"[{self.recipe.name}] interrupted: saving a checkpoint before exiting")
-            self._save(step)
+            if self._critical:  # abandoned inside an update: the weights are between two steps
+                self.log(f"[{self.recipe.name}] interrupted inside step {self._done + 1}'s update: no checkpoint "
+                         f"written; the last one is {self.last_good or 'none'}")
+            else:
+                self.log(f"[{self.recipe.name}] interrupted: saving a checkpoint of the {self._done} finished "
+                         "steps before exiting")
+                try:
+                    self._save(self._done)
+                    self.log(f"[{self.recipe.name}] saved {self.last_good}; continue with --train.resume true")
+                except TrainingError as e:
+                    self.log(f"[{self.recipe.name}] {e}")
             raise
         finally:
             if bar is not None:
                 bar.close()
         final_eval = self.evaluate(end) if start < end or not last_eval else last_eval
-        self._save(end)
+        self._check_finite(end, "final/ not written")
+        try:
+            self._save(end)
+        except TrainingError as e:
+            if self.recipe.save is None:
+                raise
+            self.log(f"[{self.recipe.name}] {e}; writing final/ anyway")
         if self.recipe.save is not None and acc.is_main_process:
-            self.recipe.save(acc.unwrap_model(self.model), os.path.join(cfg.output_dir, "final"))
+            self._write_model("final")
         acc.wait_for_everyone()
         self.metrics.close()
         return {"initial": first_eval, "final": final_eval}
@@ -410,7 +632,7 @@ class Trainer:
             acc.backward(loss * self.world if self.world > 1 else loss)
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1}; stopping. "
-                                    f"The last good checkpoint is in {self.ckpt_dir}; lower the "
+                                    f"The last good checkpoint is {self.last_good or 'none'} (in {self.ckpt_dir}); lower the "
                                     "learning rate or check the data")
             loss_total += float(loss.detach())
             tokens += getattr(b, "num_real_tokens", 0)
@@ -425,7 +647,8 @@ class Trainer:
             gnorm = float(torch.norm(torch.stack(grads))) if grads else 0.0
         if not math.isfinite(gnorm):
             raise TrainingError(f"non-finite gradient norm at step {step + 1}; stopping. The last "
-                                f"good checkpoint is in {self.ckpt_dir}")
+                                f"good checkpoint is {self.last_good or 'none'} (in {self.ckpt_dir})")
+        self._critical = True  # from the first weight change to the step's record: Ctrl-C waits
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         keys = sorted(sums)

@@ -54,7 +54,7 @@ def build(cfg: SFTConfig, log=print, model=None, tokenizer=None) -> Trainer:
     collate_fn = make_collate(tokenizer, cfg.data, cfg.train)
     chunk = cfg.train.logprob_chunk
     recipe = Recipe(
-        model=model, examples=train, collate=collate_fn, name="sft",
+        model=model, examples=train, collate=collate_fn, name="sft", config=cfg,
         step=lambda m, b: sft_step(m, b, chunk),
         count=lambda b: float(b.tgt_mask.sum()),
         evaluate=(lambda m: evaluate_nll(m, evals, collate_fn, cfg.train.eval_batch_size, chunk))
