@@ -197,6 +197,10 @@ class TrainConfig:
     """Checkpoints kept."""
     resume: bool = False
     """Continue from the last good checkpoint in output_dir."""
+    overwrite: bool = False
+    """A fresh run into an output_dir that holds another run (metrics, checkpoints, final/) first deletes it; without it that is an error."""
+    resume_allow: str = ""
+    """Comma-separated config keys a resume may change (e.g. 'max_steps,eval_steps'); any other difference from the recorded run is an error."""
     seed: int = 42
     packing: bool = True
     """Padding-free packing with per-sample attention masks (and a shared prompt for pairs/lists)."""
