@@ -25,7 +25,16 @@ import re
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from ..config import apply_dict
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
+
+MAX_ABS_REWARD = 1e6
+"""Default bound on |reward| of one source (``RewardConfig.max_abs``): a value beyond it, or an
+infinite one, is a broken reward, not a signal to train on."""
+
+
+class RewardError(TrainingError):
+    """A reward source returned a value training cannot use (infinite, NaN without a reported
+    row failure, or beyond its ``max_abs``); the message names the source, rows and values."""
 
 REWARD_TYPES = ("verifier", "function", "model")
 VERIFIER_NAMES = ("arithmetic", "gsm8k", "format")
@@ -64,6 +73,9 @@ class RewardConfig:
     """Multiplier of this source in the total reward (0 = logged only)."""
     timeout: float = 30.0
     """Seconds allowed per call of a user function before its worker is stopped."""
+    max_abs: float = MAX_ABS_REWARD
+    """Largest |reward| this source may return (1e6); a larger, infinite or unexplained NaN
+    value stops training with an error naming the source, rows and values (inf = no bound)."""
 
 
 @dataclasses.dataclass
@@ -193,6 +205,8 @@ def check_reward_config(cfg: RewardConfig, where: str = "reward") -> None:
                           f"{', '.join(REWARD_TYPES)}")
     if not math.isfinite(cfg.weight):
         raise ConfigError(f"{where}.weight must be a finite number, got {cfg.weight}")
+    if not (isinstance(cfg.max_abs, (int, float)) and cfg.max_abs > 0):
+        raise ConfigError(f"{where}.max_abs must be a number > 0 (inf = no bound), got {cfg.max_abs}")
     if cfg.type == "verifier":
         if cfg.verifier not in VERIFIER_NAMES:
             raise ConfigError(f"{where}.verifier: unknown verifier '{cfg.verifier}'; use one of "
@@ -259,6 +273,23 @@ def error_lines(name: str, errors: Sequence[tuple[int, str]]) -> list[str]:
     return [f"reward '{name}' failed on {rows_text(rows)}: {msg}" for msg, rows in by_msg.items()]
 
 
+def check_values_sane(name: str, src, values: Sequence[float], errors: Sequence[tuple[int, str]],
+                      bound: float = MAX_ABS_REWARD) -> None:
+    """RewardError naming source, rows and values for every value that is infinite, beyond
+    ``bound`` in magnitude, or NaN on a row the source did not report as failed (a function
+    source's ``None``, "no reward", is allowed: ``allows_missing``)."""
+    failed = {r for r, _ in errors}
+    missing_ok = getattr(src, "allows_missing", False)
+    bad = [(i, v) for i, v in enumerate(values)
+           if (math.isnan(v) and i not in failed and not missing_ok) or (not math.isnan(v) and abs(v) > bound)]
+    if not bad:
+        return
+    shown = ", ".join(f"row {i}: {v!r}" for i, v in bad[:5]) + (f", ... ({len(bad)} rows)" if len(bad) > 5 else "")
+    raise RewardError(f"reward '{name}' returned unusable values on {rows_text([i for i, _ in bad])} "
+                      f"({shown}); rewards must be finite with |r| <= {bound:g} (that source's "
+                      "max_abs). Fix the reward source (or raise its max_abs if such values are meant)")
+
+
 class CombinedReward:
     """Several reward sources with weights; ``score`` returns :class:`CombinedScores`.
 
@@ -267,7 +298,8 @@ class CombinedReward:
     broken models, and training on silent zeros would hide them.
     """
 
-    def __init__(self, sources: Sequence[RewardSource], weights: Sequence[float] | None = None):
+    def __init__(self, sources: Sequence[RewardSource], weights: Sequence[float] | None = None,
+                 bounds: Sequence[float] | None = None):
         sources = list(sources)
         weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
         if not sources:
@@ -275,6 +307,7 @@ class CombinedReward:
         if len(weights) != len(sources):
             raise ValueError(f"{len(sources)} reward sources but {len(weights)} weights")
         self.sources, self.weights = sources, weights
+        self.bounds = [MAX_ABS_REWARD] * len(sources) if bounds is None else [float(b) for b in bounds]
         self.names = unique_names([s.name for s in sources])
 
     def score(self, prompts: list, completions: list[str],
@@ -287,11 +320,12 @@ class CombinedReward:
         total = [0.0] * n
         per_source: dict[str, list[float]] = {}
         errors: list[str] = []
-        for name, src, w in zip(self.names, self.sources, self.weights):
+        for name, src, w, bound in zip(self.names, self.sources, self.weights, self.bounds):
             res = src.score(list(prompts), list(completions), extras)
             if len(res.values) != n:
                 raise RuntimeError(f"reward '{name}' returned {len(res.values)} values for {n} rows")
             per_source[name] = [float(v) for v in res.values]
+            check_values_sane(name, src, per_source[name], res.errors, bound)
             total = [t + w * v if math.isfinite(v) else t for t, v in zip(total, per_source[name])]
             errors += error_lines(name, res.errors)
         return CombinedScores(total=total, per_source=per_source, errors=errors)
@@ -350,4 +384,5 @@ def build_rewards(configs: Sequence[Any]) -> CombinedReward:
         for s in built.values():
             getattr(s, "close", lambda: None)()
         raise
-    return CombinedReward([built[i] for i in range(len(cfgs))], [c.weight for c in cfgs])
+    return CombinedReward([built[i] for i in range(len(cfgs))], [c.weight for c in cfgs],
+                          [c.max_abs for c in cfgs])

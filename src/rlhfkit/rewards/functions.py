@@ -197,6 +197,8 @@ class _Outcome:
 class FunctionReward:
     """A reward source calling a user function in a persistent worker process."""
 
+    allows_missing = True  # a returned None means "no reward for this row" (nan, no error)
+
     def __init__(self, ref: str, *, name: str = "", timeout: float = 30.0, where: str = "reward.fn"):
         module_name, attr = parse_reference(ref, where)
         self.ref, self.timeout, self.where = ref, float(timeout), where
