@@ -81,3 +81,31 @@ def test_prompts_are_sampled_then_judged(tiny_dir, tmp_path, length_reward):
     rows = [json.loads(line) for line in open(out)]
     assert stats["items"] == 6 and stats["kept"] + stats["tie"] == 6 and "agreement_with_human" not in stats
     assert all(len(r["chosen"]) > len(r["rejected"]) for r in rows)  # the longer reply wins
+
+
+@pytest.mark.parametrize("rubric,message", [
+    ("Compare {a} and {b} for {user}.", r"unknown placeholder \{user\}.*\{conversation\}, \{a\}, \{b\}"),
+    ("Which is better? Answer A or B.", r"must contain \{a\} and \{b\}"),
+    ("Conversation: {conversation}\nReply A: {a}", r"must contain \{a\} and \{b\}.*missing \{b\}"),
+    ("{a} vs {b} {}", r"positional placeholder"),
+    ("{a.x} vs {b}", r"\{a\.x\}"),
+    ("{a} vs {b} {unclosed", r"not a valid template"),
+])
+def test_rubric_with_unknown_or_missing_placeholders_is_a_config_error(tmp_path, rubric, message):
+    from rlhfkit.label import LabelConfig, check_rubric
+
+    with pytest.raises(ConfigError, match=message):
+        check_rubric(rubric)
+    cfg = LabelConfig(rubric=rubric, data=DataConfig(path=str(tmp_path / "missing.jsonl")),
+                      output=str(tmp_path / "o.jsonl"))
+    with pytest.raises(ConfigError, match="rubric"):
+        cfg.validate()
+    with pytest.raises(ConfigError, match="rubric"):  # refused before the data or model are read
+        run(cfg, log=lambda *a: None)
+
+
+def test_rubric_with_literal_braces_and_reordered_placeholders_is_accepted():
+    from rlhfkit.label import RUBRIC, check_rubric
+
+    check_rubric(RUBRIC)
+    check_rubric('Reply B: {b}\nReply A: {a}\nAnswer as JSON {{"winner": "A"}}')

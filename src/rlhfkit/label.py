@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import string
 
 import torch
 
@@ -36,6 +37,35 @@ RUBRIC = ("You are comparing two replies of an AI assistant to the same conversa
           "reply that is more helpful, honest and harmless.\n\nConversation:\n{conversation}\n\n"
           "Reply A:\n{a}\n\nReply B:\n{b}\n\nWhich reply is better? Answer with the single letter "
           "A or B.")
+
+RUBRIC_PLACEHOLDERS = ("conversation", "a", "b")
+"""Placeholders a rubric may use; {a} and {b} (the two replies) are required. A literal brace
+is written doubled: {{ and }}."""
+
+
+def check_rubric(rubric: str, key: str = "rubric") -> None:
+    """ConfigError unless ``rubric`` is a valid template whose placeholders are among
+    ``RUBRIC_PLACEHOLDERS`` and include {a} and {b} (a judge must see both replies)."""
+    allowed = ", ".join("{" + p + "}" for p in RUBRIC_PLACEHOLDERS)
+    if not isinstance(rubric, str):
+        raise ConfigError(f"{key} must be a string with {allowed}, got {type(rubric).__name__}")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(rubric) if f is not None]
+    except ValueError as e:
+        raise ConfigError(f"{key} is not a valid template ({e}); placeholders are {allowed}, and a "
+                          "literal brace is written {{ or }}") from None
+    for f in fields:
+        if f == "" or f.isdigit():
+            raise ConfigError(f"{key} has a positional placeholder {{{f}}}; use the named ones "
+                              f"{allowed} (a literal brace is written {{{{ or }}}})")
+        if f not in RUBRIC_PLACEHOLDERS:
+            raise ConfigError(f"{key} has an unknown placeholder {{{f}}}; the allowed placeholders "
+                              f"are {allowed} (a literal brace is written {{{{ or }}}})")
+    missing = [p for p in ("a", "b") if p not in fields]
+    if missing:
+        raise ConfigError(f"{key} must contain {{a}} and {{b}}, where the two replies are shown to "
+                          f"the judge (missing {', '.join('{' + p + '}' for p in missing)}); "
+                          f"allowed placeholders: {allowed}")
 
 
 @dataclasses.dataclass
@@ -64,6 +94,15 @@ class LabelConfig:
     batch_size: int = 8
     threads: int = 0
     seed: int = 0
+
+    def validate(self, prefix: str = "") -> None:
+        """Checks that need no data or model (ConfigError naming the key)."""
+        if self.consistency not in ("strict", "average"):
+            raise ConfigError(f"{prefix}consistency must be strict|average, got '{self.consistency}'")
+        if self.judge not in ("lm", "reward"):
+            raise ConfigError(f"{prefix}judge must be lm|reward, got '{self.judge}'")
+        if self.judge == "lm":
+            check_rubric(self.rubric, prefix + "rubric")
 
 
 def as_text(x) -> str:
@@ -142,10 +181,7 @@ def run(cfg: LabelConfig, log=print) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    if cfg.consistency not in ("strict", "average"):
-        raise ConfigError(f"consistency must be strict|average, got '{cfg.consistency}'")
-    if cfg.judge not in ("lm", "reward"):
-        raise ConfigError(f"judge must be lm|reward, got '{cfg.judge}'")
+    cfg.validate()
     if cfg.judge == "reward" and not cfg.rewards:
         raise ConfigError("judge=reward needs rewards (e.g. model:runs/rm/final, gsm8k)")
     if not cfg.data.path:
