@@ -17,7 +17,10 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 
 def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
     """Per-token estimate of KL(π‖π_ref); same shape as the inputs. Gradients flow through
-    ``logp`` (and ``ref_logp`` if it carries any)."""
+    ``logp`` (and ``ref_logp`` if it carries any).
+
+    See docs/algorithms.md#kl-estimators.
+    """
     r = ref_logp - logp
     if kind == "k1":
         return -r

@@ -45,6 +45,8 @@ def plackett_luce_loss(policy: Tensor, ref: Tensor, scores: Tensor, valid: Tenso
     Returns ``(loss per list (E,), metrics)``: ``rewards/chosen`` (mean r of each list's
     best), ``rewards/rejected`` (of its worst valid entry), and over all strictly ordered
     pairs ``rewards/accuracy`` (r_i > r_j) and ``rewards/margin`` (mean r_i - r_j).
+
+    See docs/algorithms.md#plackett-luce.
     """
     if valid is None:
         valid = torch.ones_like(scores, dtype=torch.bool)
@@ -77,7 +79,7 @@ def plackett_luce_loss(policy: Tensor, ref: Tensor, scores: Tensor, valid: Tenso
 
 
 def _lipo_lambda(r: Tensor, scores: Tensor, valid: Tensor) -> Tensor:
-    """LiPO-λ per-list loss (E,); see :func:`plackett_luce_loss`."""
+    """LiPO-λ per-list loss (E,); see :func:`plackett_luce_loss`. See docs/algorithms.md#lipo."""
     E, K = r.shape
     # τ: 1-based position of each entry when its list is sorted by current reward (no grad)
     order = _order(r.detach(), valid)

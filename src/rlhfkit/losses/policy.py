@@ -20,6 +20,8 @@ def clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, *, eps
     Returns ``(loss, ratio, clipped)`` where ``clipped`` marks tokens whose gradient the
     clip removed (the clipped branch was the smaller one and ρ was outside the range).
     ``eps_high > eps_low`` is DAPO's clip-higher.
+
+    See docs/algorithms.md#clipped-surrogate.
     """
     ratio = torch.exp((logp - old_logp).clamp(max=20.0))  # a runaway ratio stays finite
     unclipped = ratio * advantages
@@ -57,7 +59,10 @@ def sequence_clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tenso
 def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor,
                        clip: float = 0.2) -> tuple[Tensor, Tensor]:
     """½·max((V − R)², (clip(V, V_old − c, V_old + c) − R)²) per token, and a mask of the
-    tokens where the clipped term was the larger one. ``clip <= 0`` disables clipping."""
+    tokens where the clipped term was the larger one. ``clip <= 0`` disables clipping.
+
+    See docs/algorithms.md#value-loss.
+    """
     unclipped = (values - returns) ** 2
     if clip <= 0:
         return 0.5 * unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
@@ -76,6 +81,8 @@ def aggregate(token_loss: Tensor, mask: Tensor, seq: Tensor, num_seqs: int, mode
     * ``dr_grpo`` — token sum divided by the constant ``max_tokens`` (max new tokens), mean
       over sequences; count = sequences (no length bias);
     * ``dapo``    — mean over every token of the step; count = tokens.
+
+    See docs/algorithms.md#loss-aggregation.
     """
     masked = torch.where(mask > 0, token_loss, torch.zeros_like(token_loss)) * mask
     if mode == "grpo":

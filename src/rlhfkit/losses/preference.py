@@ -205,7 +205,7 @@ def robust_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.1
 
 @register_preference_loss("hinge")
 def hinge_loss(batch: PairLogps, *, beta: float) -> tuple[Tensor, dict]:
-    """SLiC-HF calibration loss (Zhao et al. 2023) on log-ratios: max(0, 1 - βΔ)."""
+    """SLiC-HF calibration loss (Zhao et al. 2023) on log-ratios: max(0, 1 - βΔ). See docs/algorithms.md#hinge."""
     h_w, h_l = _log_ratios(batch)
     loss = torch.relu(1 - beta * (h_w - h_l))
     return loss, _dpo_metrics(batch, beta, h_w, h_l)
@@ -219,6 +219,8 @@ def ipo_loss(batch: PairLogps, *, beta: float, ipo_length_normalize: bool = True
     With ``ipo_length_normalize`` (default, as in the IPO paper's experiments and TRL) Δ̄ uses
     per-token average log-ratios h(y)/|y|; otherwise the sequence sums Δ. The reward metrics
     stay β·h on sequence sums, like every other reference-based loss here.
+
+    See docs/algorithms.md#ipo.
     """
     h_w, h_l = _log_ratios(batch)
     if ipo_length_normalize:
@@ -249,6 +251,8 @@ def simpo_loss(batch: PairLogps, *, beta: float, gamma: float = 0.5
 
     ``gamma`` is the absolute target margin γ in the logit (TRL's ``simpo_gamma``; the paper
     tunes the ratio γ/β, ≈ 0.5, with β ≈ 2-10). Rewards are the length-normalised β·logp/|y|.
+
+    See docs/algorithms.md#simpo.
     """
     m_w, m_l = _mean_logps(batch)
     r_w, r_l = beta * m_w, beta * m_l
@@ -277,6 +281,8 @@ def orpo_loss(batch: PairLogps, *, beta: float, orpo_lambda: float = 0.1
     gives a large finite log odds instead of inf/NaN. NLL(y_w) = -logp(y_w)/|y_w| (token mean
     per pair). λ = ``orpo_lambda`` (TRL calls it ``beta``); β only scales the reward metrics
     β·m. Extra metrics: ``nll``, ``log_odds_ratio``.
+
+    See docs/algorithms.md#orpo.
     """
     m_w, m_l = _mean_logps(batch)
     cap = -torch.finfo(m_w.dtype).eps  # largest m kept: log(1 - e^m) ≈ log|m| stays finite
@@ -301,6 +307,8 @@ def tdpo_loss(batch: PairLogps, *, beta: float, tdpo_alpha: float = 0.5, tdpo_va
     α = ``tdpo_alpha`` and the chosen KL detached (sg = stop-gradient), as in the paper's code.
     SeqKL(y) = Σ_t KL(π_ref(·|x,y<t) ‖ π_θ(·|x,y<t)) comes in ``batch.*_seq_kl``.
     Extra metrics: ``kl/chosen``, ``kl/rejected`` (mean SeqKL).
+
+    See docs/algorithms.md#tdpo.
     """
     if batch.chosen_seq_kl is None or batch.rejected_seq_kl is None:
         raise ValueError("tdpo needs chosen_seq_kl and rejected_seq_kl in the batch")
@@ -351,6 +359,8 @@ def f_divergence_loss(batch: PairLogps, *, beta: float, f_divergence: str = "rev
 
     ``f_divergence`` picks f (see :func:`f_prime`); ``f_alpha`` is α of the α-divergence.
     Reward metrics stay β·h so runs with different f compare on the same scale.
+
+    See docs/algorithms.md#f-divergence.
     """
     h_w, h_l = _log_ratios(batch)
     logits = beta * (f_prime(h_w, f_divergence, f_alpha) - f_prime(h_l, f_divergence, f_alpha))

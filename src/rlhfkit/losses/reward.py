@@ -53,6 +53,8 @@ def listwise_bt_loss(rewards: Tensor, scores: Tensor, valid: Tensor | None = Non
     the pairs of the step (each list weighs by its number of pairs, as in InstructGPT's
     1/C(K,2) per prompt when every list has K responses). ``center_coef`` adds the
     centring term of :func:`bradley_terry_loss` to each pair.
+
+    See docs/algorithms.md#bradley-terry.
     """
     e, i, j = ranked_pairs(scores, valid)
     return bradley_terry_loss(rewards[e, i], rewards[e, j], margin, center_coef)

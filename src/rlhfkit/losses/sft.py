@@ -12,6 +12,8 @@ def sft_loss(token_logps: Tensor, mask: Tensor) -> tuple[Tensor, dict]:
     token carries loss. Returns ``(per_token_loss (T,) with zeros where masked, metrics)``;
     the caller divides the sum by the number of trainable tokens of the whole optimizer step
     (token mean over the step, so gradient accumulation does not change the loss).
+
+    See docs/algorithms.md#sft.
     """
     nll = -token_logps * mask
     n = mask.sum().clamp(min=1)

@@ -32,6 +32,8 @@ def kto_loss(policy_logps: Tensor, ref_logps: Tensor, labels: Tensor, kl_policy_
     0.0 unless both kinds are present), ``logps/chosen``, ``logps/rejected`` and the counts
     ``count/chosen``, ``count/rejected``. The caller averages the loss over the examples of
     the step (TRL: mean over the concatenated desirable and undesirable losses).
+
+    See docs/algorithms.md#kto.
     """
     labels = labels.to(torch.bool)
     kl = (kl_policy_logps - kl_ref_logps).detach()

@@ -69,6 +69,8 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
     there), A_t = δ_t + γλ·A_{t+1}; returns R_t = A_t + V_t. Masked positions are skipped
     (they neither receive nor pass on value), so a mask with holes behaves as if the masked
     tokens were absent.
+
+    See docs/algorithms.md#gae.
     """
     N, T = mask.shape
     adv = torch.zeros_like(values)
@@ -86,7 +88,10 @@ def gae(token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
 
 def group_normalize(scores: Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-4) -> Tensor:
     """GRPO: (r_i − mean of its group) / (std of its group + ε). ``std`` is the unbiased
-    sample std (as in the GRPO papers' reference code); ``scale=False`` is Dr.GRPO."""
+    sample std (as in the GRPO papers' reference code); ``scale=False`` is Dr.GRPO.
+
+    See docs/algorithms.md#grpo.
+    """
     g = scores.view(-1, group_size)
     centred = g - g.mean(dim=1, keepdim=True)
     if scale:
@@ -96,7 +101,7 @@ def group_normalize(scores: Tensor, group_size: int, *, scale: bool = True, eps:
 
 
 def rloo(scores: Tensor, group_size: int) -> Tensor:
-    """Leave-one-out baseline: r_i − (Σ_{j≠i} r_j) / (G − 1)."""
+    """Leave-one-out baseline: r_i − (Σ_{j≠i} r_j) / (G − 1). See docs/algorithms.md#rloo."""
     if group_size < 2:
         raise ValueError("RLOO needs at least 2 samples per prompt (rollout.num_generations >= 2)")
     g = scores.view(-1, group_size)
@@ -119,20 +124,24 @@ def _broadcast(seq_adv: Tensor, mask: Tensor) -> Tensor:
 
 
 def _gae(x: AdvantageInputs):
+    """See docs/algorithms.md#gae."""
     if x.values is None or x.token_rewards is None:
         raise ValueError("advantage 'gae' needs critic values and token rewards")
     return gae(x.token_rewards, x.values, x.mask, x.gamma, x.lam)
 
 
 def _grpo(x: AdvantageInputs):
+    """See docs/algorithms.md#grpo."""
     return _broadcast(group_normalize(x.scores, x.group_size, scale=x.scale, eps=x.eps), x.mask), None
 
 
 def _rloo(x: AdvantageInputs):
+    """See docs/algorithms.md#rloo."""
     return _broadcast(rloo(x.scores, x.group_size), x.mask), None
 
 
 def _reinforce_pp(x: AdvantageInputs):
+    """See docs/algorithms.md#reinforce-pp."""
     if x.token_rewards is None:
         raise ValueError("advantage 'reinforce_pp' needs token rewards")
     ret = returns_to_go(x.token_rewards, x.mask, gamma=1.0)
@@ -140,6 +149,7 @@ def _reinforce_pp(x: AdvantageInputs):
 
 
 def _reinforce_baseline(x: AdvantageInputs):
+    """See docs/algorithms.md#reinforce-baseline."""
     g = x.scores.view(-1, x.group_size)
     centred = (g - g.mean(dim=1, keepdim=True)).reshape(-1)
     std = centred.std() if centred.numel() > 1 else centred.new_tensor(0.0)

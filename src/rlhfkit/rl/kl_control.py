@@ -1,6 +1,6 @@
 """KL coefficient controllers for a KL penalty in the reward.
 
-Adaptive (Ziegler et al. 2019): β ← β·(1 + clip(KL/target − 1, −0.2, 0.2)·n/horizon),
+Adaptive (Ziegler et al. 2019; docs/algorithms.md#adaptive-kl): β ← β·(1 + clip(KL/target − 1, −0.2, 0.2)·n/horizon),
 where KL is the batch's mean sequence KL and n the number of sequences in the batch.
 """
 
