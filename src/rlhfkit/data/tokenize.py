@@ -129,6 +129,11 @@ class Renderer:
             return x
         return self._special_re.sub(lambda m: chr(_PLACEHOLDER + self.specials.index(m.group(0))), x)
 
+    def prompt_ids(self, prompt) -> list[int]:
+        """Token ids of a generation prompt (templated with the generation prompt appended where
+        the policy says so); special-token strings in its text stay text."""
+        return self.encode(self.prompt_text(self.protect(prompt, field="prompt")), True)
+
     def _plain_ids(self, special: str) -> list[int]:
         if special not in self._ids_of:
             try:

@@ -19,7 +19,7 @@ def generate_text(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, 
     from ..data.tokenize import Renderer
 
     r = Renderer(tokenizer)
-    texts = [r.prompt_text(p) for p in prompts]
+    ids = [r.prompt_ids(p) for p in prompts]  # data text that spells a special token stays text
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -30,10 +30,10 @@ def generate_text(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, 
                                                             top_p=top_p, top_k=0)
     out: list[str] = []
     try:
-        with packed_linears(model, rows=min(batch_size, len(texts))):
-            for i in range(0, len(texts), batch_size):
-                enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
-                                add_special_tokens=True).to(device)
+        with packed_linears(model, rows=min(batch_size, len(ids))):
+            for i in range(0, len(ids), batch_size):
+                enc = tokenizer.pad({"input_ids": ids[i:i + batch_size]}, return_tensors="pt",
+                                    padding=True).to(device)
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
                 seqs = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                       eos_token_id=tokenizer.eos_token_id, **kw)
