@@ -22,6 +22,15 @@ BAD = [
     (SFTConfig, "train.weight_decay", "inf", "finite"),
     (SFTConfig, "train.warmup_ratio", "1.5", "<= 1"),
     (SFTConfig, "train.batch_size", "0", ">= 1"),
+    (SFTConfig, "train.warmup_ratio", "-0.1", ">= 0"),
+    (SFTConfig, "train.max_grad_norm", "-1", ">= 0"),
+    (SFTConfig, "train.grad_accum", "0", ">= 1"),
+    (SFTConfig, "train.save_total_limit", "0", ">= 1"),
+    (SFTConfig, "train.best_mode", "maximum", "max, min"),
+    (SFTConfig, "model.lora.alpha", "-16", "> 0"),
+    (SFTConfig, "model.attn_implementation", "flash", "sdpa"),
+    (SFTConfig, "model.freeze_layers", "-1", ">= 0"),
+    (SFTConfig, "data.max_prompt_length", "-1", ">= 0"),
     (SFTConfig, "train.lr_scheduler", "cosin", "cosine"),
     (SFTConfig, "model.lora.r", "-4", ">= 0"),
     (SFTConfig, "model.lora.dropout", "1.0", "< 1"),
@@ -82,3 +91,42 @@ def test_yaml_duplicate_key_is_error(tmp_path):
     p.write_text("beta: 0.1\nloss_type: ipo\nbeta: 0.5\n")
     with pytest.raises(ConfigError, match="duplicate key 'beta'"):
         build_config(DPOConfig, str(p))
+
+
+def test_validate_all_recurses_into_nested_dataclasses():
+    import dataclasses
+
+    from rlhfkit.config import check_range, validate_all
+
+    calls = []
+
+    @dataclasses.dataclass
+    class Inner:
+        x: float = 1.0
+
+        def validate(self) -> None:  # the plain contract: no arguments
+            calls.append("inner")
+            check_range("outer.inner.x", self.x, lo=0, lo_open=True)
+
+    @dataclasses.dataclass
+    class Outer:
+        inner: Inner = dataclasses.field(default_factory=Inner)
+        y: int = 0
+
+        def validate(self) -> None:
+            calls.append("outer")
+
+    validate_all(Outer())
+    assert calls == ["inner", "outer"]
+    with pytest.raises(ConfigError, match=r"outer.inner.x must be a finite number > 0 \(got -1.0\)"):
+        validate_all(Outer(inner=Inner(x=-1.0)))
+
+
+def test_check_range_message():
+    from rlhfkit.config import check_range
+
+    with pytest.raises(ConfigError, match=r"^train.lr must be a finite number > 0 \(got inf\)$"):
+        check_range("train.lr", float("inf"), lo=0, lo_open=True)
+    check_range("x", float("inf"), lo=0, finite=False)
+    with pytest.raises(ConfigError, match=r">= 0 and < 1"):
+        check_range("x", 1.0, lo=0, hi=1, hi_open=True)
