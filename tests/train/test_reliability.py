@@ -6,13 +6,13 @@ atomic final/."""
 import hashlib
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
 
 from conftest import write_jsonl
 from rlhfkit.config import DataConfig, LoraConfig, ModelConfig, TrainConfig
@@ -77,8 +77,7 @@ def test_malicious_states_pickle_is_refused_and_never_runs(tiny_dir, rows, tmp_p
     sft.run(cfg(tiny_dir, rows, out), log=quiet)  # step-2, step-4
     marker = tmp_path / "pwned"
     newest = out / "checkpoints" / "step-000004"
-    with open(newest / "states.pt", "wb") as f:
-        pickle.dump({"optimizer": _Exploit(str(marker))}, f)
+    torch.save({"optimizer": _Exploit(str(marker))}, newest / "states.pt")  # a pickle, as torch writes it
     _add_to_manifest(str(newest), "states.pt")
     with pytest.raises(TrainingError, match="pickle that could run code"):
         checkpoint.load_state(str(newest), model=sft.load_model(ModelConfig(name=tiny_dir))[0])
