@@ -22,10 +22,14 @@ class RolloutConfig:
     num_generations: int = 8
     """Samples per prompt (G)."""
     max_new_tokens: int = 64
+    """Tokens sampled per response at most (>= 1); the KV cache this needs, layers x 2 x kv_heads x
+    head_dim x (prompt + new tokens) x rows x dtype bytes, is checked against free memory."""
     temperature: float = 1.0
+    """> 0: sample from softmax(z/T) (online RL requires > 0); 0 = greedy decoding (eval only)."""
     top_p: float = 1.0
+    """Nucleus sampling mass, in (0, 1] (1 = off)."""
     top_k: int = 0
-    """0 = no top-k filtering."""
+    """>= 0; 0 = no top-k filtering."""
     stop: list[str] = field(default_factory=list)
     """Stop strings (comma-separated on the command line)."""
     batch_size: int = 64
@@ -178,7 +182,11 @@ def kl_placement(cfg: RLConfig) -> str:
 
 
 def validate(cfg: RLConfig) -> None:
-    """Checks of the online-RL keys (ConfigError naming the key and its allowed range)."""
+    """Checks of the online-RL keys (ConfigError naming the key and its allowed range); also
+    runs the sections' own checks (rollout, critic), so a config built in Python is checked as
+    one parsed by build_config."""
+    cfg.rollout.validate()
+    cfg.critic.validate()
     if cfg.rollout.temperature == 0:
         raise ConfigError("rollout.temperature must be > 0 for online RL (0 is greedy decoding: "
                           "every sample of a prompt would be the same); evaluation is greedy anyway")

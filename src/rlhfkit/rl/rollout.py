@@ -26,6 +26,7 @@ shard's ``row_offset``), up to float ties.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -65,6 +66,54 @@ class Rollout:
     @property
     def num_tokens(self) -> int:
         return sum(len(c) for c in self.completion_ids)
+
+
+def kv_cache_bytes(model_config, rows: int, tokens: int, dtype_bytes: int = 4) -> int:
+    """Bytes of a KV cache for ``rows`` sequences of ``tokens`` positions: layers × 2 (keys and
+    values) × kv_heads × head_dim × tokens × rows × bytes per element."""
+    c = model_config
+    layers = int(getattr(c, "num_hidden_layers", 0) or getattr(c, "n_layer", 0) or 0)
+    heads = int(getattr(c, "num_attention_heads", 0) or getattr(c, "n_head", 0) or 1)
+    kv_heads = int(getattr(c, "num_key_value_heads", 0) or heads)
+    head_dim = getattr(c, "head_dim", None) or int(getattr(c, "hidden_size", 0) or getattr(c, "n_embd", 0)) // heads
+    return layers * 2 * kv_heads * int(head_dim) * int(tokens) * int(rows) * int(dtype_bytes)
+
+
+def available_memory_bytes(device=None) -> int | None:
+    """Free memory of ``device``: the GPU's free memory, else the OS's MemAvailable (Linux),
+    else the free (or total) physical pages; None when it cannot be told."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for name in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
+        try:
+            return int(os.sysconf(name)) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            continue
+    return None
+
+
+def check_kv_cache(model, rows: int, tokens: int, *, available: int | None = None,
+                   what: str = "rollout.max_new_tokens") -> int:
+    """ConfigError, with the figure, when the KV cache of ``rows`` × ``tokens`` cannot fit in the
+    free memory of the model's device (``available`` overrides it); returns the estimate."""
+    m = unwrap(model)
+    p = next(m.parameters())
+    need = kv_cache_bytes(m.config, rows, tokens, p.element_size())
+    free = available_memory_bytes(p.device) if available is None else available
+    if free is not None and need > free:
+        raise ConfigError(f"{what}: the KV cache of {rows} rows x {tokens} tokens would take "
+                          f"{need / 1e9:.1f} GB, more than the {free / 1e9:.1f} GB of free memory "
+                          f"(layers x 2 x kv_heads x head_dim x tokens x rows x {p.element_size()} bytes); "
+                          f"lower {what} or rollout.batch_size")
+    return need
 
 
 class GrowingLayer(DynamicLayer):
@@ -218,6 +267,7 @@ class HFBackend(RolloutBackend):
             ids[b, Lp - len(r):] = torch.tensor(r)
             attn[b, Lp - len(r):] = 1
         ids, attn = ids.to(device), attn.to(device)
+        check_kv_cache(self.model, B, Lp + params.max_new_tokens)
         logits = run.prefill(ids, attn, capacity=Lp + params.max_new_tokens)
         if len(pre) < B:  # copy each prompt's cache and next-token logits to its rows
             copy_of = torch.tensor(copy_of, device=device)

@@ -55,7 +55,7 @@ from ..rl.config import (CriticConfig, GRPOConfig, PPOConfig, RLConfig, RolloutC
                          importance_level, kl_placement, validate)  # noqa: F401  (validate: public API)
 from ..rl.kl_control import make_kl_controller
 from ..rl.monitors import RewardHackingMonitor
-from ..rl.rollout import SamplingParams, make_backend, rollout_options
+from ..rl.rollout import SamplingParams, check_kv_cache, make_backend, rollout_options
 from .common import dist_rank, dist_sum, save_model
 from .loop import Recipe, Trainer, start_run
 
@@ -93,6 +93,10 @@ class OnlineRL:
         self.sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens,
                                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                        top_k=cfg.rollout.top_k, n=self.G, stop=list(cfg.rollout.stop))
+        # refuse a max_new_tokens whose KV cache cannot fit before any step (the decode loop
+        # checks again with the real prompt lengths)
+        rows = min(cfg.rollout.batch_size, cfg.train.batch_size * cfg.train.grad_accum * self.G)
+        check_kv_cache(model, rows, cfg.rollout.max_new_tokens + 1)
         self.backend = make_backend(cfg.rollout.backend, model, tokenizer, **rollout_options(cfg.rollout))
         self.pad_id = tokenizer.pad_token_id
         self.ptx: list[Example] = []
