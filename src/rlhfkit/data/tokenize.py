@@ -255,6 +255,7 @@ def truncate(ex: Example, cfg: DataConfig, stats: collections.Counter) -> Exampl
 def tokenize_records(records: list[dict], tokenizer, cfg: DataConfig, *, source: str = "data",
                      log=None, truncation: bool = True) -> list[Example]:
     """Render, tokenize and truncate records; log the counts of dropped/cut rows."""
+    cfg.validate()  # a hand-built DataConfig is checked like a parsed one, before any row
     r = Renderer(tokenizer, cfg.chat_template, source)
     stats: collections.Counter = collections.Counter()
     out = []
