@@ -113,11 +113,13 @@ def _prompts(cfg: EvalConfig, tok) -> list[Example]:
 
 
 @torch.no_grad()
-def _seq_logps(model, exs: list[Example], comps: list[list[int]], pad_id: int, bs: int) -> list[float]:
+def _seq_logps(model, exs: list[Example], comps: list[list[int]], pad_id: int, bs: int,
+               temperature: float = 1.0) -> list[float]:
+    """Sequence log-probs of ``comps`` under softmax(z / temperature) (the sampling distribution)."""
     out = []
     for i in range(0, len(exs), bs):
         b = collate([Example(e.row, e.prompt, [c]) for e, c in zip(exs[i:i + bs], comps[i:i + bs])], pad_id=pad_id)
-        lp = completion_logprobs(model, b).seq_logps
+        lp = completion_logprobs(model, b, temperature=temperature).seq_logps
         out += lp[torch.argsort(b.seq_example)].tolist()
     return out
 
@@ -158,8 +160,10 @@ def evaluate_policy(cfg: EvalConfig, log=print) -> dict:
     if ref is not None:
         ref_ro = sample(ref)
         out["reference"] = side(ref_ro)
-        lp = _seq_logps(policy, rows, ro.completion_ids, tok.pad_token_id, cfg.batch_size)
-        rp = _seq_logps(ref, rows, ro.completion_ids, tok.pad_token_id, cfg.batch_size)
+        # KL of the distributions sampled from: softmax(z/T) (greedy, T = 0: the plain softmax)
+        T = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
+        lp = _seq_logps(policy, rows, ro.completion_ids, tok.pad_token_id, cfg.batch_size, T)
+        rp = _seq_logps(ref, rows, ro.completion_ids, tok.pad_token_id, cfg.batch_size, T)
         out["kl"] = sum(a - b for a, b in zip(lp, rp)) / len(lp)
         if rewards is not None:
             out["win_rate"] = win_rate(out["policy"]["_scores"], out["reference"]["_scores"])
