@@ -36,7 +36,6 @@ BAD = [
     (SFTConfig, "model.lora.dropout", "1.0", "< 1"),
     (SFTConfig, "model.dtype", "fp8", "float32"),
     (SFTConfig, "data.max_length", "1", ">= 2"),
-    (SFTConfig, "data.max_prompt_length", "2048", "< 1024"),
     (SFTConfig, "data.prompt_truncation", "middle", "drop, left"),
     (SFTConfig, "data.completion_truncation", "left", "right, drop"),
     (SFTConfig, "data.chat_template", "sometimes", "auto"),
@@ -130,3 +129,20 @@ def test_check_range_message():
     check_range("x", float("inf"), lo=0, finite=False)
     with pytest.raises(ConfigError, match=r">= 0 and < 1"):
         check_range("x", 1.0, lo=0, hi=1, hi_open=True)
+
+
+def test_max_prompt_length_above_max_length_is_capped(tok):
+    """Lowering data.max_length alone (RL recipes default max_prompt_length to 512) stays valid:
+    the prompt limit is capped at max_length - 1, leaving room for one completion token."""
+    import collections
+
+    from rlhfkit.config import DataConfig
+    from rlhfkit.data.tokenize import Example, truncate
+    from rlhfkit.rl.config import RLConfig
+
+    cfg = build_config(RLConfig, None, [("data.max_length", "256")])
+    assert cfg.data.max_prompt_length == 512
+    ex = Example(0, list(range(300)), [[1, 2]])
+    stats = collections.Counter()
+    assert truncate(ex, DataConfig(max_length=256, max_prompt_length=512), stats) is None
+    assert stats["dropped: prompt longer than max_prompt_length"] == 1

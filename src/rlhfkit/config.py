@@ -141,7 +141,8 @@ class DataConfig:
     max_length: int = 1024
     """Longest prompt + completion in tokens."""
     max_prompt_length: int = 0
-    """Longest prompt in tokens (0 = max_length - 1)."""
+    """Longest prompt in tokens (0 = max_length - 1; a larger value is capped at max_length - 1,
+    so lowering max_length alone keeps a valid setting)."""
     prompt_truncation: str = "drop"
     """Over-long prompts: 'drop' the row (counted in the log) or cut from the 'left' (keep the last turns)."""
     completion_truncation: str = "right"
@@ -153,8 +154,7 @@ class DataConfig:
 
     def validate(self, p: str = "data.") -> None:
         check_range(p + "max_length", self.max_length, lo=2)
-        check_range(p + "max_prompt_length", self.max_prompt_length, lo=0, hi=self.max_length,
-                    hi_open=True)
+        check_range(p + "max_prompt_length", self.max_prompt_length, lo=0)
         check_choice(p + "prompt_truncation", self.prompt_truncation, ("drop", "left"))
         check_choice(p + "completion_truncation", self.completion_truncation, ("right", "drop"))
         check_choice(p + "chat_template", self.chat_template, ("auto", "always", "never"))

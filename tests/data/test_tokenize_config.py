@@ -15,7 +15,7 @@ ROWS = [{"kind": "prompt_completion", "row": 0, "prompt": "q", "completion": " a
 @pytest.mark.parametrize("kw,text", [({"prompt_truncation": "middle"}, "drop, left"),
                                      ({"completion_truncation": "left"}, "right, drop"),
                                      ({"max_length": 1}, ">= 2"),
-                                     ({"max_length": 8, "max_prompt_length": 8}, "< 8")])
+                                     ({"max_prompt_length": -1}, ">= 0")])
 def test_tokenize_records_rejects_bad_data_config_without_truncation(tok, kw, text):
     with pytest.raises(ConfigError) as ei:
         tokenize_records(ROWS, tok, DataConfig(**kw))

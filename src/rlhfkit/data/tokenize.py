@@ -218,7 +218,7 @@ _TEXT_FIELDS = ("prompt", "completion", "chosen", "rejected", "completions", "me
 
 def truncate(ex: Example, cfg: DataConfig, stats: collections.Counter) -> Example | None:
     """Apply the truncation policy; return None (and count why) when the row is dropped."""
-    max_prompt = cfg.max_prompt_length or cfg.max_length - 1
+    max_prompt = min(cfg.max_prompt_length or cfg.max_length - 1, cfg.max_length - 1)
     if len(ex.prompt) > max_prompt:
         if cfg.prompt_truncation == "drop":
             stats["dropped: prompt longer than max_prompt_length"] += 1
