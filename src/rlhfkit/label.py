@@ -29,6 +29,7 @@ import torch
 
 from .config import DataConfig, ModelConfig
 from .data.pipeline import load_records
+from .data.tokenize import Renderer
 from .errors import ConfigError
 from .models.loading import load_model
 from .rewards.base import RewardConfig, build_rewards, reward_config_from
@@ -126,13 +127,17 @@ class LMJudge:
         if any(len(i) != 1 for i in ids):
             raise ConfigError("the judge's tokenizer does not encode 'A' and 'B' as single tokens")
         self.a_id, self.b_id = ids[0][0], ids[1][0]
+        self.renderer = Renderer(tok, "never", "judge")
 
     def _input(self, conv: str, a: str, b: str) -> list[int]:
-        text = self.rubric.format(conversation=conv, a=a, b=b)
+        # the conversation and replies are data: special-token strings in them stay text, so a
+        # reply cannot close the judge's turn and answer for it
+        r = self.renderer
+        text = self.rubric.format(conversation=r.protect(conv), a=r.protect(a), b=r.protect(b))
         if getattr(self.tok, "chat_template", None):
             text = self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                 add_generation_prompt=True)
-        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        ids = r.encode(text, first=False)
         return ids[-self.max_tokens:]
 
     @torch.no_grad()
