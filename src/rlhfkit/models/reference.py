@@ -92,9 +92,15 @@ class Reference:
     @torch.no_grad()
     def precompute(self, examples, collate_fn, batch_size: int, cache: str | None = None, log=None,
                    model_key: str = "") -> None:
-        """Fill ``ex.extra["ref_logps"]`` for every example (loaded from ``cache`` if it holds
-        the same examples for the same reference model ``model_key``)."""
-        key = _fingerprint(examples, model_key)
+        """Fill ``ex.extra["ref_logps"]`` for every example.
+
+        They are loaded from ``cache`` only when it was written for the same reference weights
+        (a sha256 over every tensor of the reference module's state_dict: names, dtypes, shapes
+        and bytes) and the same data (the token ids and loss masks of every example, in order),
+        so a model replaced under the same name or path, or a changed data file, is
+        recomputed. ``model_key`` adds free-form context (e.g. how π_ref was built)."""
+        with self._as_reference() as m:
+            key = _fingerprint(examples, model_key, weights_fingerprint(m))
         if cache and os.path.isfile(cache):
             saved = torch.load(cache, weights_only=True)
             if saved.get("key") == key:
@@ -125,8 +131,26 @@ class Reference:
             log(f"reference log-probs precomputed for {len(examples)} examples")
 
 
-def _fingerprint(examples, model_key: str) -> str:
-    h = hashlib.sha1(model_key.encode())
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over every tensor of ``module.state_dict()`` (name, dtype, shape, raw bytes).
+
+    Reads the weights once (about 1 s per GB); tied tensors are hashed once per name, which
+    keeps the fingerprint a pure function of the state_dict.
+    """
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        if t.numel():
+            flat = t.cpu().contiguous().reshape(-1)
+            h.update(flat.view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _fingerprint(examples, model_key: str, weights: str = "") -> str:
+    """Cache key: the reference weights' fingerprint, ``model_key`` and every example's token
+    ids (prompt, completions, loss masks) in order."""
+    h = hashlib.sha256(f"{weights}|{model_key}".encode())
     for ex in examples:
-        h.update(repr((ex.prompt, ex.completions)).encode())
+        h.update(repr((ex.prompt, ex.completions, ex.masks)).encode())
     return h.hexdigest()
