@@ -112,8 +112,8 @@ def validate(cfg: DPOConfig) -> None:
         raise ConfigError(f"unknown loss_type '{cfg.loss_type}'; valid: {', '.join(names)}")
     check_range("beta", cfg.beta, lo=0, lo_open=True)
     check_range("label_smoothing", cfg.label_smoothing, lo=0, hi=0.5, hi_open=True)
-    check_range("alpha", cfg.alpha)
-    check_range("gamma", cfg.gamma)
+    check_range("alpha", cfg.alpha, lo=0)
+    check_range("gamma", cfg.gamma, lo=0)
     check_range("orpo_lambda", cfg.orpo_lambda, lo=0)
     check_range("f_alpha", cfg.f_alpha, lo=0, hi=1, lo_open=True, hi_open=True)
     check_range("tdpo_alpha", cfg.tdpo_alpha, lo=0)
@@ -218,7 +218,7 @@ def build(cfg: DPOConfig, log=print, model=None, tokenizer=None, examples=None, 
     log(f"[dpo] loss_type={cfg.loss_type} beta={cfg.beta} reference={mode}")
     chunk = cfg.train.logprob_chunk
     recipe = Recipe(
-        model=model, examples=train, collate=collate_fn, name="dpo",
+        model=model, examples=train, collate=collate_fn, name="dpo", config=cfg,
         step=lambda m, b: dpo_step(m, b, ref, cfg, chunk),
         count=lambda b: float(b.num_examples),
         evaluate=(lambda m: evaluate_pairs(m, ref, evals, collate_fn, cfg.train.eval_batch_size, cfg))
