@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import socket
 import tempfile
@@ -345,7 +346,8 @@ def examples_fingerprint(examples) -> dict:
         if isinstance(e, torch.Tensor):
             h.update(e.detach().cpu().numpy().tobytes())
         else:
-            h.update(repr(dc.asdict(e) if dc.is_dataclass(e) and not isinstance(e, type) else e).encode())
+            text = repr(dc.asdict(e) if dc.is_dataclass(e) and not isinstance(e, type) else e)
+            h.update(re.sub(r" at 0x[0-9a-f]+", "", text).encode())  # no per-process addresses
         h.update(b"\x00")
     return {"count": len(examples), "sha256": h.hexdigest()}
 

@@ -12,6 +12,14 @@ gradient equals that of one big batch whatever ``grad_accum`` is.
 Data position. Micro-batch k of the run is examples ``perm_e[(k mod n) * b : ...]`` of a
 permutation seeded by ``seed + epoch``, so the position is the step number alone and a
 resumed run sees exactly the batches the uninterrupted run would have seen.
+
+The run dir. A trainer holds an exclusive lock on ``output_dir`` for its life, records the run
+(resolved config, data fingerprints) in ``run.json``, refuses a fresh run into another run's
+results unless ``train.overwrite``, and resumes only the recorded run (``train.resume_allow``
+names the keys that may differ). SIGTERM finishes the current step, checkpoints it and exits
+(143 from the CLI); Ctrl-C waits for a step's update to be complete before checkpointing it.
+Non-finite weights are never checkpointed or written as final/best; final/ and best/ are
+replaced whole.
 """
 
 from __future__ import annotations
@@ -444,9 +452,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ signals
     def _on_sigterm(self, signum, frame) -> None:
-        if not self._term:
-            self.log(f"[{self.recipe.name}] SIGTERM: finishing step {self._done + 1}, then saving a checkpoint")
-        self._term = True
+        self._term = True  # acted on at the end of the current step (no I/O inside a signal handler)
 
     def _on_sigint(self, signum, frame) -> None:
         if self._critical and not self._sigint_pending:  # mid-update: finish the step first
