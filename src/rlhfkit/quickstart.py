@@ -9,7 +9,9 @@ the KL reference), the verifier's exact match logged beside it as a gold reward 
 so reward-model gaming shows. Then every trained policy (SFT, DPO, PPO) is evaluated against
 the starting model on the held-out problems with ``rlhfkit eval``: win-rate judged by the
 reward model (95 % CI), KL, response length and exact match. Prints both tables, writes PNG
-curves of every stage and everything else under the output dir.
+curves of every stage and everything else under the output dir. Running it again into the
+same output dir replaces each stage's earlier outputs (``train.overwrite``; the log names what
+was removed).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
     em_before = exact_match(model, tok, eval_p)
     sft_cfg = sft.SFTConfig(
         data=DataConfig(path=paths["sft"], eval_path=paths["sft_eval"], max_length=256),
-        train=TrainConfig(output_dir=f"{out}/sft", epochs=1 if fast else 2, batch_size=8, lr=5e-5,
+        train=TrainConfig(output_dir=f"{out}/sft", overwrite=True, epochs=1 if fast else 2, batch_size=8, lr=5e-5,
                           warmup_ratio=0.1, eval_batch_size=16))
     res = sft.run(sft_cfg, log=log, model=model, tokenizer=tok)
     em_after = exact_match(model, tok, eval_p)
@@ -95,7 +97,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
     # Stage 2: DPO from the SFT model (which is also π_ref; its log-probs are precomputed) ----
     dpo_cfg = dpo.DPOConfig(
         data=DataConfig(path=paths["rm"], eval_path=paths["rm_eval"], max_length=256),
-        train=TrainConfig(output_dir=f"{out}/dpo", epochs=1, batch_size=8, lr=1e-5,
+        train=TrainConfig(output_dir=f"{out}/dpo", overwrite=True, epochs=1, batch_size=8, lr=1e-5,
                           warmup_ratio=0.1, eval_batch_size=16), beta=0.1)
     res = dpo.run(dpo_cfg, log=log, model=model, tokenizer=tok)
     em_dpo = exact_match(model, tok, eval_p)
@@ -110,7 +112,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
     rm_cfg = reward.RMConfig(
         model=ModelConfig(name=f"{out}/sft/final"),
         data=DataConfig(path=paths["rm"], eval_path=paths["rm_eval"], max_length=256),
-        train=TrainConfig(output_dir=f"{out}/rm", epochs=1, batch_size=8, lr=5e-5,
+        train=TrainConfig(output_dir=f"{out}/rm", overwrite=True, epochs=1, batch_size=8, lr=5e-5,
                           warmup_ratio=0.1, eval_batch_size=16))
     rm_model, rm_tok = load_scalar_model(rm_cfg.model)
     res = reward.run(rm_cfg, log=log, model=rm_model, tokenizer=rm_tok)
@@ -126,7 +128,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
         model=ModelConfig(name=f"{out}/sft/final"),
         data=DataConfig(path=paths["prompts"], eval_path=paths["prompts_eval"], max_length=256),
         rewards=[f"model:{out}/rm/final", "arithmetic*0"],
-        train=TrainConfig(output_dir=f"{out}/ppo", max_steps=4 if fast else 12, batch_size=8, lr=5e-6,
+        train=TrainConfig(output_dir=f"{out}/ppo", overwrite=True, max_steps=4 if fast else 12, batch_size=8, lr=5e-6,
                           lr_scheduler="constant", warmup_ratio=0.0, eval_batch_size=16),
         kl_coef=0.05, num_iterations=1, num_minibatches=1, eval_samples=1)
     ppo_cfg.rollout.num_generations = 2

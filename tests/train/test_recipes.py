@@ -151,6 +151,7 @@ def test_lora_reward_model_adapters_load_for_scoring(tiny_dir, data, tmp_path):
     stored = json.load(open(tmp_path / "final" / "rlhfkit.json"))
     assert rm.mean == pytest.approx(stored["rlhfkit_reward_mean"])
     # the merged model reproduces the stored statistics of the rows they were computed on
+    cfg.train.output_dir = str(tmp_path / "again")  # the first run's dir holds a run now
     t = reward.build(cfg, log=quiet)
     mean, std = reward.reward_stats(rm.model, t.recipe.examples[:cfg.norm_rows], t.recipe.collate,
                                     cfg.train.eval_batch_size)

@@ -113,7 +113,7 @@ def build(cfg: KTOConfig, log=print, model=None, tokenizer=None) -> Trainer:
     chunk = cfg.train.logprob_chunk
     eval_cfg = DPOConfig(beta=cfg.beta, train=cfg.train)
     recipe = Recipe(
-        model=model, examples=train, collate=collate_fn, name="kto",
+        model=model, examples=train, collate=collate_fn, name="kto", config=cfg,
         step=lambda m, b: kto_step(m, b, ref, cfg, chunk),
         count=lambda b: float(b.num_examples),
         evaluate=(lambda m: evaluate_pairs(m, ref, evals, collate_fn, cfg.train.eval_batch_size, eval_cfg))

@@ -114,7 +114,7 @@ def build(cfg: RMConfig, log=print, model=None, tokenizer=None) -> Trainer:
             "rlhfkit_chat_template": cfg.data.chat_template})
 
     recipe = Recipe(
-        model=model, examples=train, collate=collate_fn, name="rm",
+        model=model, examples=train, collate=collate_fn, name="rm", config=cfg,
         step=lambda m, b: rm_step(m, b, cfg.margin, cfg.center_rewards_coef),
         count=num_pairs,
         evaluate=(lambda m: evaluate_pairs(m, evals, collate_fn, cfg.train.eval_batch_size, cfg.margin))

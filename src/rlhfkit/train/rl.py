@@ -491,7 +491,7 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
         monitor.update(step, rec)
 
     recipe = Recipe(
-        model=trained, examples=train, collate=lambda exs: exs, name=cfg.advantage,
+        model=trained, examples=train, collate=lambda exs: exs, name=cfg.advantage, config=cfg,
         step=rl.step, count=lambda rb: rb.count, plan=rl.plan,
         evaluate=(lambda m: rl.evaluate(m, evals)) if evals else None,
         save=save, state=rl.state, param_groups=param_groups, on_step_end=on_step_end,
