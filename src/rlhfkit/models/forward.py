@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from ..data.collate import Batch
@@ -72,3 +73,14 @@ def sequence_scores(model, batch: Batch) -> Tensor:
     h = hidden_states(model, batch, causal_lm=False)
     head = unwrap(model).score
     return head(h.index_select(0, batch.last_pos)).squeeze(-1).float()
+
+
+def disable_dropout(model) -> None:
+    """No dropout anywhere in ``model`` (online RL: on-policy samples must have importance
+    ratio exactly 1)."""
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+    cfg = getattr(unwrap(model), "config", None)
+    if cfg is not None and hasattr(cfg, "attention_dropout"):
+        cfg.attention_dropout = 0.0

@@ -49,6 +49,11 @@ def masked_mean(x: Tensor, mask: Tensor, reduce: Callable[[Tensor], Tensor] | No
     return sc[0] / sc[1].clamp(min=1)
 
 
+def masked_var(x: Tensor, mask: Tensor) -> float:
+    """Population variance of the masked entries of ``x``."""
+    return float(masked_mean((x - masked_mean(x, mask)) ** 2, mask))
+
+
 def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
                   reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """(x − mean) / std over the masked entries (population variance); zeros outside.

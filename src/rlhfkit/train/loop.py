@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import resource
 import signal
-import socket
-import tempfile
 import threading
 import time
 import warnings
@@ -43,10 +40,12 @@ from typing import Any, Callable
 import torch
 
 from ..config import TrainConfig, to_dict
-from ..errors import ConfigError, Preempted, TrainingError
-from .checkpoint import (RunLock, atomic_dir, check_writable, compare_config, empty_run_dir,
-                         examples_fingerprint, file_fingerprints, is_run_dir, latest_checkpoint,
-                         list_checkpoints, load_checkpoint, read_record, save_checkpoint, write_record)
+from ..errors import Preempted, TrainingError
+from .metrics import MetricsLog
+from .setup import (check_train_config, make_optimizer, make_scheduler,  # noqa: F401 (re-exported)
+                    return_freed_memory, start_run)
+from .checkpoint import atomic_dir, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .rundir import examples_fingerprint, file_fingerprints, prepare_run_dir
 
 RUN_CONFIG: contextvars.ContextVar = contextvars.ContextVar("rlhfkit_run_config", default=None)
 """The whole resolved config of the command being run (set by the CLI), recorded in each run
@@ -80,137 +79,6 @@ class Recipe:
     config: Any = None
     """The recipe's whole config (a dataclass), recorded in the run dir and compared on resume;
     without it the config the CLI is running (``RUN_CONFIG``) or just the train section is used."""
-
-
-class MetricsLog:
-    """Append-only JSONL of metrics (+ TensorBoard when available)."""
-
-    def __init__(self, path: str, tensorboard: bool = True, enabled: bool = True):
-        self.path, self.enabled = path, enabled  # only the main process writes
-        self.tb = None
-        if tensorboard and enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(os.path.join(os.path.dirname(path), "tensorboard"))
-            except Exception:  # tensorboard not installed: JSONL only
-                self.tb = None
-
-    def truncate_after(self, step: int, log=None) -> None:
-        """On resume, drop records written after the checkpoint (no duplicates, no gaps). A torn
-        final line (the process was killed while writing it) is dropped and reported; a broken
-        line before the end is an error."""
-        if not self.enabled or not os.path.exists(self.path):
-            return
-        with open(self.path, encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-        keep = []
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                if i == len(lines) - 1:
-                    if log:
-                        log(f"{self.path}: dropped a torn final line (a write was interrupted): {line.strip()[:60]!r}")
-                    continue
-                raise TrainingError(f"{self.path}, line {i + 1}: not a JSON record; fix or delete that line, "
-                                    "then resume again") from None
-            if rec.get("step", 0) <= step:
-                keep.append(json.dumps(rec, allow_nan=False) + "\n" if not line.endswith("\n") else line)
-        with open(self.path, "w") as f:
-            f.writelines(keep)
-
-    @staticmethod
-    def record(step: int, metrics: dict) -> dict:
-        """Strict JSON: a non-finite number is written as null and its key listed in ``nonfinite``."""
-        rec: dict = {"step": step}
-        bad = []
-        for k, v in metrics.items():
-            if isinstance(v, float):
-                if math.isfinite(v):
-                    v = round(v, 8)
-                else:
-                    v = None
-                    bad.append(k)
-            rec[k] = v
-        if bad:
-            rec["nonfinite"] = bad
-        return rec
-
-    def write(self, step: int, metrics: dict) -> None:
-        if not self.enabled:
-            return
-        rec = self.record(step, metrics)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec, allow_nan=False) + "\n")
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, step)
-
-    def close(self):
-        if self.tb is not None:
-            self.tb.close()
-
-
-def check_train_config(cfg: TrainConfig) -> None:
-    """Reject impossible training settings before anything is loaded (TrainConfig.validate)."""
-    cfg.validate()
-
-
-def return_freed_memory(threshold: int = 1 << 20) -> bool:
-    """Make glibc serve allocations of ``threshold`` bytes and more from their own mappings, so
-    freeing them returns the memory to the OS instead of leaving reusable but resident holes in
-    the heap (which is what lets a CPU run's peak RSS creep up over the first steps). False
-    where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        if not hasattr(libc, "gnu_get_libc_version"):
-            return False
-        M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
-    except (OSError, AttributeError):
-        return False
-
-
-def start_run(cfg: TrainConfig) -> None:
-    """Before a recipe builds anything: seed, and the CPU thread count (so reference
-    precomputation and rollouts already run with ``train.threads``)."""
-    check_train_config(cfg)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-
-
-def make_optimizer(groups, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; the fused kernel where PyTorch has one for ``device`` and train.fused_optimizer is on."""
-    fused = cfg.fused_optimizer and device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
-
-
-def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
-    warmup = int(round(cfg.warmup_ratio * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        if cfg.lr_scheduler == "constant":
-            return 1.0
-        if cfg.lr_scheduler == "linear":
-            return max(0.0, 1.0 - progress)
-        if cfg.lr_scheduler == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        raise TrainingError(f"unknown lr_scheduler '{cfg.lr_scheduler}'; use cosine|linear|constant")
-
-    factor(total_steps)  # validate the name before training starts
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class Trainer:
@@ -284,41 +152,8 @@ class Trainer:
                                            "examples": examples_fingerprint(self.recipe.examples)}}
 
     def _prepare_run_dir(self) -> None:
-        """Before anything is written: the dir is writable and ours alone (a lock for the run's
-        life); a fresh run does not land on another run's results unless told to overwrite them;
-        a resume continues only the run it was recorded as (config and data)."""
-        cfg, out = self.cfg, self.cfg.output_dir
-        try:
-            os.makedirs(out, exist_ok=True)
-        except OSError as e:
-            raise TrainingError(f"cannot create the output dir {out} ({e.strerror or e}); fix its permissions "
-                                "or choose another --train.output_dir") from e
-        check_writable([out, self.ckpt_dir] + [os.path.join(out, d) for d in ("final", "best")])
-        self.lock = RunLock(out, self.log)
-        record = self._record()
-        if cfg.resume:
-            old = read_record(out)
-            if old is not None and list_checkpoints(self.ckpt_dir):
-                bad, ok = compare_config(old, record, cfg.resume_allow)
-                if bad:
-                    keys = list(dict.fromkeys(b.split(":", 1)[0] for b in bad))
-                    allow = ",".join(k[6:] if k.startswith("train.") else k for k in keys)
-                    raise TrainingError(f"cannot resume {out}: it was recorded with a different config or data "
-                                        f"({'; '.join(bad)[:400]}); allow it with --train.resume_allow {allow} "
-                                        "or start over with --train.overwrite true (deletes the run)")
-                if ok:
-                    self.log(f"[{self.recipe.name}] resume: allowed config changes: {'; '.join(ok)[:400]}")
-            elif old is None and list_checkpoints(self.ckpt_dir):
-                self.log(f"[{self.recipe.name}] resume: {out} has no recorded config ({os.path.basename(out)}/run.json); "
-                         "not checked")
-        elif is_run_dir(out):
-            if not cfg.overwrite:
-                raise TrainingError(f"{out} already holds a run (metrics, checkpoints or final/); continue it with "
-                                    "--train.resume true, replace it with --train.overwrite true, or choose another "
-                                    "--train.output_dir")
-            removed = empty_run_dir(out)
-            self.log(f"[{self.recipe.name}] overwrite: removed the previous run in {out} ({', '.join(removed)})")
-        write_record(out, record)
+        """Lock the run dir and check it against this run (:func:`rundir.prepare_run_dir`)."""
+        self.lock = prepare_run_dir(self.cfg, self.ckpt_dir, self._record(), self.recipe.name, self.log)
 
     def _release(self) -> None:
         if self.lock is not None:

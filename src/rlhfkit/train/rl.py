@@ -35,7 +35,6 @@ import os
 import time
 
 import torch
-from torch import Tensor, nn
 
 from ..config import validate_all
 from ..data.collate import Batch, collate
@@ -45,11 +44,11 @@ from ..errors import ConfigError
 from ..losses.kl import kl_estimate
 from ..losses.policy import aggregate, clipped_surrogate, clipped_value_loss, sequence_clipped_surrogate
 from ..losses.sft import sft_loss
-from ..models.forward import completion_logprobs, unwrap
+from ..models.forward import completion_logprobs, disable_dropout, unwrap
 from ..models.loading import load_model, load_scalar_model
 from ..models.reference import Reference, choose_mode
 from ..rewards.base import build_rewards, reward_config_from
-from ..rl.advantages import NEEDS_CRITIC, AdvantageInputs, compute_advantages, masked_mean, masked_whiten
+from ..rl.advantages import NEEDS_CRITIC, AdvantageInputs, compute_advantages, masked_var, masked_whiten
 from ..rl.batches import OnPolicyStats, PolicyWithCritic, RLBatch, critic_of, policy_of, target_index, token_values
 from ..rl.config import (CriticConfig, GRPOConfig, PPOConfig, RLConfig, RolloutConfig,  # noqa: F401
                          importance_level, kl_placement, validate)  # noqa: F401  (validate: public API)
@@ -402,23 +401,9 @@ class OnlineRL:
         return res
 
 
-def masked_var(x: Tensor, mask: Tensor) -> float:
-    return float(masked_mean((x - masked_mean(x, mask)) ** 2, mask))
-
-
 def _nanmean(vals: list[float]) -> float:
     ok = [v for v in vals if not math.isnan(v)]
     return sum(ok) / len(ok) if ok else float("nan")
-
-
-def _disable_dropout(model) -> None:
-    """On-policy samples must have importance ratio exactly 1: no dropout in RL."""
-    for mod in model.modules():
-        if isinstance(mod, nn.Dropout):
-            mod.p = 0.0
-    cfg = getattr(unwrap(model), "config", None)
-    if cfg is not None and hasattr(cfg, "attention_dropout"):
-        cfg.attention_dropout = 0.0
 
 
 def load_prompts(cfg: RLConfig, tokenizer, log=print) -> tuple[list[Example], list[Example]]:
@@ -444,7 +429,7 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
     rewards = build_rewards(cfg.rewards)  # bad references fail before any model is loaded
     if model is None:
         model, tokenizer = load_model(cfg.model)
-    _disable_dropout(model)
+    disable_dropout(model)
     train, evals = load_prompts(cfg, tokenizer, log)
     critic = None
     if cfg.advantage in NEEDS_CRITIC:
@@ -456,7 +441,7 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
         if not name:  # start from the policy's current weights (e.g. a model passed in memory)
             critic.load_state_dict({k: v for k, v in unwrap(model).state_dict().items()
                                     if not k.startswith("lm_head")}, strict=False)
-        _disable_dropout(critic)
+        disable_dropout(critic)
         log(f"[rl] critic initialised from {name or 'the policy'}")
     rl = OnlineRL(cfg, model, tokenizer, log, ref_model=ref_model, critic=critic, rewards=rewards)
     if cfg.ptx_coef > 0:
