@@ -1,3 +1,4 @@
+import json
 import os
 import pathlib
 
@@ -55,3 +56,9 @@ def length_reward(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(d)] + [p for p in os.environ.get(
         "PYTHONPATH", "").split(os.pathsep) if p]))
     return "fn:hacking_rewards:length"
+
+
+def train_losses(out):
+    """(step, train/loss) of every training record in ``out/metrics.jsonl``."""
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [(r["step"], r["train/loss"]) for r in map(json.loads, f) if "train/loss" in r]

@@ -3,12 +3,11 @@ previous one, a full disk while saving is a clear error that keeps the last good
 Ctrl-C saves a checkpoint from which the run resumes exactly."""
 
 import errno
-import json
 import os
 
 import pytest
 
-from conftest import write_jsonl
+from conftest import train_losses as losses, write_jsonl
 from rlhfkit.config import DataConfig, ModelConfig, TrainConfig
 from rlhfkit.errors import TrainingError
 from rlhfkit.tasks.arithmetic import make_problems, sft_rows
@@ -26,11 +25,6 @@ def cfg(tiny_dir, rows, out, **train):
     t.update(train)
     return sft.SFTConfig(model=ModelConfig(name=tiny_dir), data=DataConfig(path=rows, max_length=96),
                          train=TrainConfig(**t))
-
-
-def losses(out):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [(r["step"], r["train/loss"]) for r in map(json.loads, f) if "train/loss" in r]
 
 
 @pytest.fixture(scope="module")

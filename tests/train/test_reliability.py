@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import write_jsonl
+from conftest import train_losses as losses, write_jsonl
 from rlhfkit.config import DataConfig, LoraConfig, ModelConfig, TrainConfig
 from rlhfkit.errors import TrainingError
 from rlhfkit.tasks.arithmetic import make_problems, sft_rows
@@ -37,11 +37,6 @@ def cfg(tiny_dir, rows, out, lora=0, **train):
 
 def quiet(*a):
     pass
-
-
-def losses(out):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [(r["step"], r["train/loss"]) for r in map(json.loads, f) if "train/loss" in r]
 
 
 @pytest.fixture(scope="module")
