@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from typing import Any
@@ -195,6 +196,15 @@ class TrainConfig:
     """Checkpoint every N steps (0 = only at the end)."""
     save_total_limit: int = 2
     """Checkpoints kept."""
+    save_optimizer: bool = False
+    """Also keep a resumable checkpoint (optimizer, scheduler and RNG state) when the run ends;
+    false = the end of a run writes only the model (final/). Checkpoints under save_steps and
+    those written on SIGTERM / Ctrl-C always hold the full state."""
+    push_to_hub: bool = False
+    """Upload final/ to the Hugging Face Hub as hub_model_id when the run ends (needs a token:
+    `hf auth login` or HF_TOKEN)."""
+    hub_model_id: str = ""
+    """Hub repository for push_to_hub: 'name' (under your account) or 'owner/name'."""
     resume: bool = False
     """Continue from the last good checkpoint in output_dir."""
     overwrite: bool = False
@@ -233,6 +243,13 @@ class TrainConfig:
             check_range(p + key, getattr(self, key), lo=lo)
         check_choice(p + "lr_scheduler", self.lr_scheduler, ("cosine", "linear", "constant"))
         check_choice(p + "best_mode", self.best_mode, ("max", "min"))
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError(f"{p}push_to_hub needs {p}hub_model_id ('name' or 'owner/name'), e.g. "
+                              f"--{p}hub_model_id my-rm")
+        if self.hub_model_id and not re.fullmatch(r"([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]{0,95}",
+                                                  self.hub_model_id):
+            raise ConfigError(f"{p}hub_model_id must be 'name' or 'owner/name' (letters, digits, '-', "
+                              f"'_', '.'; at most 96 characters per part), got {self.hub_model_id!r}")
 
 
 # --------------------------------------------------------------------------- parsing
