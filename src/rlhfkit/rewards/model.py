@@ -1,6 +1,16 @@
-"""Score (prompt, response) pairs with a reward model trained by ``rlhfkit rm``."""
+"""Score (prompt, response) pairs with a reward model trained by ``rlhfkit rm``.
+
+Outside rlhfkit. A saved reward model is an ordinary ``AutoModelForSequenceClassification``
+checkpoint whose tokenizer pads with a token other than the end-of-turn token, so Hugging
+Face reads the score at the last real token, where rlhfkit reads it: on the same token ids
+(the rendered prompt and response, which end with the end-of-turn token) its logit equals
+``RewardModel.score(..., normalize=False)``. The normalised score is
+``(logit - rlhfkit_reward_mean) / rlhfkit_reward_std``, both stored in ``config.json``.
+"""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -26,6 +36,22 @@ class RewardModel:
         self.std = float(getattr(cfg, "rlhfkit_reward_std", 1.0))
         self.renderer = Renderer(tokenizer, getattr(cfg, "rlhfkit_chat_template", chat_template))
         self.max_length = max_length
+        self.trained_style = getattr(cfg, "rlhfkit_prompt_style", None)
+        """'chat' or 'plain': how the training prompts were rendered (None when not recorded)."""
+        self._style_warned = False
+
+    def _check_style(self, prompts) -> None:
+        """Warn once when prompts are rendered in another style than the training prompts."""
+        if self._style_warned or self.trained_style not in ("chat", "plain"):
+            return
+        styles = {"chat" if self.renderer.use_template(p) else "plain" for p in prompts}
+        other = styles - {self.trained_style}
+        if other:
+            self._style_warned = True
+            how = ("pass message lists ([{'role': 'user', 'content': ...}])" if self.trained_style == "chat"
+                   else "pass plain strings")
+            warnings.warn(f"reward model trained on {self.trained_style} prompts is scoring {other.pop()} "
+                          f"prompts; its scores may not mean what they meant in training ({how})", stacklevel=3)
 
     @classmethod
     def load(cls, path: str, **kw) -> "RewardModel":
@@ -36,6 +62,7 @@ class RewardModel:
     def score(self, prompts, responses, *, normalize: bool = False, batch_size: int = 8) -> list[float]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        self._check_style(prompts)
         out: list[float] = []
         device = next(self.model.parameters()).device
         for i in range(0, len(prompts), batch_size):

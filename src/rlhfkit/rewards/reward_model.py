@@ -16,6 +16,24 @@ from .base import RewardResult
 from .model import RewardModel
 
 
+def prompt_style(examples, tokenizer) -> str:
+    """'chat' when the examples' prompts end with the tokenizer's generation prompt (chat-
+    templated), 'plain' otherwise ('mixed' when both occur): recorded with a trained reward
+    model so that :meth:`RewardModel.score` can warn on prompts of the other style."""
+    suffix: list[int] = []
+    if getattr(tokenizer, "chat_template", None):
+        msgs = [{"role": "user", "content": "x"}]
+        try:
+            with_gen = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            without = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+        except Exception:  # a template that cannot render a plain user turn
+            with_gen = without = ""
+        if with_gen.startswith(without) and len(with_gen) > len(without):
+            suffix = tokenizer(with_gen[len(without):], add_special_tokens=False)["input_ids"]
+    styles = {"chat" if suffix and list(ex.prompt[-len(suffix):]) == suffix else "plain" for ex in examples}
+    return styles.pop() if len(styles) == 1 else ("mixed" if styles else "plain")
+
+
 def ensemble_scores(scores: Sequence[Sequence[float]], k: float = 0.0) -> list[float]:
     """Per-row ``mean - k * std`` over models; ``scores`` is ``[model][row]``."""
     a = np.asarray(scores, dtype=np.float64)

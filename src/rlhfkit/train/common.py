@@ -3,6 +3,7 @@ data-parallel helpers."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -30,33 +31,114 @@ def model_device(model):
     return next(model.parameters()).device
 
 
-def save_model(model, tokenizer, path: str, lora: LoraConfig, config=None, extra_config: dict | None = None):
+def save_model(model, tokenizer, path: str, lora: LoraConfig, config=None, extra_config: dict | None = None,
+               base: str | None = None):
     """``save_pretrained`` outputs: full weights, or LoRA adapters (merged when asked), written
-    into a temporary directory that then replaces ``path`` whole (no old file survives beside them)."""
+    into a temporary directory that then replaces ``path`` whole (no old file survives beside them).
+
+    Outputs travel: the base model is recorded by a name a user can resolve (the hub name of the
+    embedded model; never a path of this machine), the resolved config (paths made portable) is
+    saved as ``rlhfkit_config.yaml``, and a scalar-head model gets a pad token distinct from its
+    end-of-turn token, so that ``AutoModelForSequenceClassification`` reads the score where
+    rlhfkit does (the last token). ``base`` defaults to ``config.model.name``."""
     from .checkpoint import atomic_dir
 
     with atomic_dir(path) as tmp:
-        _save_model(model, tokenizer, tmp, lora, config, extra_config)
+        _save_model(model, tokenizer, tmp, lora, config, extra_config, base)
 
 
-def _save_model(model, tokenizer, path: str, lora: LoraConfig, config=None, extra_config: dict | None = None):
-    if lora.r > 0 and lora.merge and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    target = model.get_base_model() if hasattr(model, "get_base_model") and not (
-        lora.r > 0 and not lora.merge) else model
-    if extra_config:
-        cfg_obj = getattr(target, "config", None) or model.config
-        for k, v in extra_config.items():
-            setattr(cfg_obj, k, v)
-    target.save_pretrained(path)
-    if lora.r > 0 and not lora.merge and extra_config:
-        # adapters only: keep the extra fields next to them
-        with open(os.path.join(path, "rlhfkit.json"), "w") as f:
-            json.dump(extra_config, f, indent=1)
-    tokenizer.save_pretrained(path)
+def portable_config(obj):
+    """``obj`` (a config dict) with every absolute path made portable (:func:`portable_path`)."""
+    from ..models.loading import portable_path
+
+    if isinstance(obj, dict):
+        return {k: portable_config(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable_config(v) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(os.path.expanduser(obj)) and len(obj) > 1:
+        return portable_path(obj)
+    return obj
+
+
+def _distinct_pad(tokenizer, eos_id):
+    """A token to pad with that is not the end-of-turn token (None if the vocabulary has none)."""
+    for t in (tokenizer.pad_token, tokenizer.unk_token, "<|endoftext|>", "<pad>", "<|pad|>", tokenizer.bos_token):
+        if t and t in tokenizer.get_vocab() and tokenizer.convert_tokens_to_ids(t) != eos_id:
+            return t
+    return None
+
+
+def _save_model(model, tokenizer, path: str, lora: LoraConfig, config=None, extra_config: dict | None = None,
+                base: str | None = None):
+    from ..models.loading import base_model_info
+
+    base = base or getattr(getattr(config, "model", None), "name", None)
+    info = base_model_info(base) if base else None
+    adapters = lora.r > 0 and hasattr(model, "peft_config")
+    if adapters and lora.merge and hasattr(model, "merge_and_unload"):
+        model = copy.deepcopy(model).merge_and_unload()  # the trained model keeps its adapters
+        adapters = False
+    target = model if adapters or not hasattr(model, "get_base_model") else model.get_base_model()
+    cfg_obj = getattr(target, "config", None) or model.config
+    if adapters and hasattr(model, "get_base_model"):
+        cfg_obj = model.get_base_model().config
+    saved = dict(vars(cfg_obj))
+    fields = dict(extra_config or {})
+    if info is not None:
+        try:
+            with open(os.path.join(base, "config.json")) as f:
+                root = json.load(f).get("rlhfkit_base_model")
+        except (OSError, ValueError, TypeError):
+            root = None
+        fields["rlhfkit_base_model"] = root or info["name"]
+        cfg_obj._name_or_path = info["name"]
+    scalar = type(getattr(model, "get_base_model", lambda: model)()).__name__.endswith("ForSequenceClassification")
+    tok = tokenizer
+    if scalar and tokenizer.eos_token_id is not None and tokenizer.pad_token_id == tokenizer.eos_token_id:
+        pad = _distinct_pad(tokenizer, tokenizer.eos_token_id)
+        if pad is not None:
+            tok = copy.deepcopy(tokenizer)
+            tok.pad_token = pad
+            cfg_obj.pad_token_id = tok.pad_token_id
+    for k, v in fields.items():
+        setattr(cfg_obj, k, v)
+    try:
+        target.save_pretrained(path)
+    finally:  # the live model keeps its own config
+        for k in [k for k in vars(cfg_obj) if k not in saved]:
+            delattr(cfg_obj, k)
+        vars(cfg_obj).update(saved)
+    if adapters:
+        _portable_adapters(path, info, fields)
+    tok.save_pretrained(path)
     if config is not None:
-        with open(os.path.join(path, "rlhfkit_recipe.json"), "w") as f:
-            json.dump(to_dict(config), f, indent=1)
+        import yaml
+
+        with open(os.path.join(path, "rlhfkit_config.yaml"), "w") as f:
+            yaml.safe_dump(portable_config(to_dict(config)), f, sort_keys=False)
+
+
+def _portable_adapters(path: str, info: dict | None, fields: dict) -> None:
+    """Adapters name a base a user can resolve; rlhfkit.json says how rlhfkit reloads it; no
+    blank PEFT README (the model card replaces it)."""
+    f = os.path.join(path, "adapter_config.json")
+    if info is not None and os.path.isfile(f):
+        with open(f) as fh:
+            acfg = json.load(fh)
+        acfg["base_model_name_or_path"] = info["name"]
+        with open(f, "w") as fh:
+            json.dump(acfg, fh, indent=2, sort_keys=True)
+    extra = dict(fields)
+    if info is not None and info["rlhfkit_name"]:
+        extra["rlhfkit_base_name"] = info["rlhfkit_name"]
+    elif info is not None and info.get("local"):
+        extra["rlhfkit_base_relpath"] = os.path.relpath(info["local"], path)
+    if extra:
+        with open(os.path.join(path, "rlhfkit.json"), "w") as fh:
+            json.dump(extra, fh, indent=1)
+    readme = os.path.join(path, "README.md")
+    if os.path.isfile(readme):
+        os.remove(readme)
 
 
 def precompute_reference(ref, trainer, train: list, evals: list, collate_fn, tcfg: TrainConfig,

@@ -21,6 +21,7 @@ from ..data.pipeline import load_examples
 from ..losses.reward import listwise_bt_loss, ranked_pairs
 from ..models.forward import sequence_scores
 from ..models.loading import load_scalar_model
+from ..rewards.reward_model import prompt_style
 from .common import eval_batches, make_collate, model_device, save_model
 from .loop import Recipe, Trainer, start_run
 
@@ -111,7 +112,8 @@ def build(cfg: RMConfig, log=print, model=None, tokenizer=None) -> Trainer:
             "training rows (stored for normalisation)")
         save_model(m, tokenizer, path, cfg.model.lora, cfg, extra_config={
             "rlhfkit_reward_mean": mean, "rlhfkit_reward_std": std,
-            "rlhfkit_chat_template": cfg.data.chat_template})
+            "rlhfkit_chat_template": cfg.data.chat_template,
+            "rlhfkit_prompt_style": prompt_style(train[:cfg.norm_rows or 256], tokenizer)})
 
     recipe = Recipe(
         model=model, examples=train, collate=collate_fn, name="rm", config=cfg,
