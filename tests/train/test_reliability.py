@@ -257,7 +257,7 @@ def test_checkpoint_write_failure_at_the_end_still_writes_final(tiny_dir, rows, 
         return real(tensors, path, *a, **k)
     monkeypatch.setattr(checkpoint, "save_file", deny_checkpoints)
     logs = []
-    sft.run(cfg(tiny_dir, rows, out, save_steps=0), log=logs.append)
+    sft.run(cfg(tiny_dir, rows, out, save_steps=0, save_optimizer=True), log=logs.append)  # a checkpoint at the end
     assert (out / "final" / "model.safetensors").exists()
     assert any("could not write checkpoint" in m and "writing final/ anyway" in m for m in logs), logs
 

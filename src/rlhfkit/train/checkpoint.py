@@ -1,8 +1,9 @@
 """Atomic, verifiable training checkpoints.
 
-A checkpoint directory ``checkpoints/step-000123`` holds the trainable weights (frozen
-weights never change, so they are not repeated), the optimizer and scheduler states, the
-trainer state (step = data position), any recipe state, and every RNG state. Nothing in it
+A checkpoint directory ``checkpoints/step-000123`` holds the model files as in final/ (so
+``from_pretrained`` loads it: config + safetensors, or LoRA adapter files), the trainable
+weights (``model.safetensors`` is a hard link to them when it holds exactly them), the
+optimizer and scheduler states, the trainer state (step = data position), any recipe state, and every RNG state. Nothing in it
 is a pickle: tensors are stored as safetensors (``trainable.safetensors``,
 ``states.safetensors``) and everything else as JSON (``states.json``, whose tensors are
 references into ``states.safetensors``; ``trainer_state.json``), so loading a checkpoint can
@@ -31,6 +32,11 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
 from ..errors import TrainingError
+
+try:
+    from safetensors import SafetensorError as _SafetensorError
+except ImportError:  # older safetensors
+    _SafetensorError = RuntimeError
 
 MANIFEST = "manifest.json"
 FORMAT = 2
@@ -133,22 +139,58 @@ def atomic_dir(path: str):
 
 # --------------------------------------------------------------------------- writing
 def save_checkpoint(root: str, step: int, *, model, optimizer, scheduler, state: dict,
-                    extra: dict | None = None, keep: int = 2) -> str:
+                    extra: dict | None = None, keep: int = 2, export=None) -> str:
     """Write ``root/step-{step}`` atomically; delete all but the newest ``keep``."""
-    return save_state(root, step, model=model, state=state, keep=keep, states={
+    return save_state(root, step, model=model, state=state, keep=keep, export=export, states={
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "extra": extra or {}})
 
 
-def save_state(root: str, step: int, *, model, state: dict, states: dict, keep: int = 2) -> str:
+def _same_tensors(path: str, tensors: dict) -> bool:
+    """Whether the safetensors file ``path`` holds exactly ``tensors`` (names, dtypes, values)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            if set(f.keys()) != set(tensors):
+                return False
+            return all(torch.equal(f.get_tensor(k), t) and f.get_tensor(k).dtype == t.dtype
+                       for k, t in tensors.items())
+    except Exception:  # unreadable or another layout: not the same
+        return False
+
+
+def _write_trainable(tmp: str, tensors: dict) -> None:
+    """``trainable.safetensors``; when the exported ``model.safetensors`` holds exactly the same
+    tensors (full fine-tuning), it becomes a hard link to it: one copy of the weights on disk."""
+    target, model_file = os.path.join(tmp, "trainable.safetensors"), os.path.join(tmp, "model.safetensors")
+    save_file(tensors, target, metadata={"format": "pt"})  # the metadata from_pretrained expects
+    if os.path.isfile(model_file) and _same_tensors(model_file, tensors):
+        link = model_file + ".link"
+        try:
+            os.link(target, link)
+            os.replace(link, model_file)
+        except OSError:  # a file system without hard links: two copies
+            with contextlib.suppress(OSError):
+                os.remove(link)
+
+
+def _files(d: str) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(r, n), d) for r, _, ns in os.walk(d) for n in ns)
+
+
+def save_state(root: str, step: int, *, model, state: dict, states: dict, keep: int = 2, export=None) -> str:
     """Atomic checkpoint of the trainable weights, ``states`` (tensors as safetensors, the rest
     as JSON, with the RNG states) and the JSON ``state``, as ``root/step-{step}``; keeps the
-    newest ``keep``."""
+    newest ``keep``. ``export(dir)`` first writes the model files (as in final/), so that
+    ``from_pretrained`` loads the checkpoint; the training state lies beside them."""
     final = os.path.join(root, f"step-{step:06d}")
     tmp = None
     try:
         os.makedirs(root, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=root)
-        save_file(trainable_state(model), os.path.join(tmp, "trainable.safetensors"))
+        if export is not None:
+            export(tmp)
+        _write_trainable(tmp, trainable_state(model))
         tensors: dict = {}
         skeleton = encode_states(dict(states, rng=rng_state()), tensors)
         save_file(tensors, os.path.join(tmp, "states.safetensors"))
@@ -157,10 +199,10 @@ def save_state(root: str, step: int, *, model, state: dict, states: dict, keep: 
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump(dict(state, step=step), f, indent=1, allow_nan=False)
         files = {n: {"size": os.path.getsize(os.path.join(tmp, n)), "sha256": sha256_file(os.path.join(tmp, n))}
-                 for n in sorted(os.listdir(tmp))}
+                 for n in _files(tmp)}
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump({"format": FORMAT, "files": files}, f, indent=1)
-        for n in os.listdir(tmp):  # flush file contents before the rename publishes them
+        for n in _files(tmp):  # flush file contents before the rename publishes them
             with open(os.path.join(tmp, n), "rb") as fh:
                 os.fsync(fh.fileno())
         if os.path.exists(final):
@@ -169,7 +211,7 @@ def save_state(root: str, step: int, *, model, state: dict, states: dict, keep: 
     except BaseException as e:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(e, (OSError, RuntimeError)):  # torch reports a full disk as a RuntimeError
+        if not isinstance(e, (OSError, RuntimeError, _SafetensorError)):  # torch: a full disk is a RuntimeError
             raise
         good = latest_checkpoint(root)
         raise TrainingError(f"could not write checkpoint {final}: {getattr(e, 'strerror', None) or e}. Free disk "

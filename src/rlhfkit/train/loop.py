@@ -19,14 +19,14 @@ results unless ``train.overwrite``, and resumes only the recorded run (``train.r
 names the keys that may differ). SIGTERM finishes the current step, checkpoints it and exits
 (143 from the CLI); Ctrl-C waits for a step's update to be complete before checkpointing it.
 Non-finite weights are never checkpointed or written as final/best; final/ and best/ are
-replaced whole.
+replaced whole and hold a model card; the end of a run keeps optimizer state only with
+``train.save_optimizer`` (see :mod:`.export`).
 """
 
 from __future__ import annotations
 
 import contextvars
 import dataclasses
-import json
 import math
 import os
 import resource
@@ -44,7 +44,8 @@ from ..errors import Preempted, TrainingError
 from .metrics import MetricsLog
 from .setup import (check_train_config, make_optimizer, make_scheduler,  # noqa: F401 (re-exported)
                     return_freed_memory, start_run)
-from .checkpoint import atomic_dir, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from . import export
+from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .rundir import examples_fingerprint, file_fingerprints, prepare_run_dir
 
 RUN_CONFIG: contextvars.ContextVar = contextvars.ContextVar("rlhfkit_run_config", default=None)
@@ -228,27 +229,7 @@ class Trainer:
         return res
 
     def _keep_best(self, step: int, res: dict) -> None:
-        """With train.best_metric: save the model to output_dir/best when the held-out metric
-        improves (best.json records the step and value)."""
-        cfg = self.cfg
-        if not cfg.best_metric or self.recipe.save is None:
-            return
-        key = cfg.best_metric if cfg.best_metric.startswith("eval/") else "eval/" + cfg.best_metric
-        if key not in res:
-            raise TrainingError(f"train.best_metric '{cfg.best_metric}' is not among the evaluation "
-                                f"metrics: {sorted(k[5:] for k in res)}")
-        v, best = float(res[key]), self.recipe.state.get("best_value")
-        if best is not None and (v <= best if cfg.best_mode == "max" else v >= best):
-            return
-        if not self._weights_finite():
-            return  # never keep non-finite weights as the best model
-        self.recipe.state["best_value"] = v
-        if self.accelerator.is_main_process:
-            path = self._write_model("best")
-            with open(os.path.join(cfg.output_dir, "best.json"), "w") as f:
-                json.dump({"step": step, "metric": key, "value": v}, f)
-            self.log(f"[{self.recipe.name}] best {key}={v:.4g} at step {step}: saved {path}")
-        self.accelerator.wait_for_everyone()
+        export.keep_best(self, step, res)
 
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters() if p.requires_grad)
@@ -267,23 +248,14 @@ class Trainer:
                 self.last_good = save_checkpoint(
                     self.ckpt_dir, step, model=self.accelerator.unwrap_model(self.model),
                     optimizer=self.optimizer, scheduler=self.scheduler, state={"total_steps": self.total_steps},
-                    extra=self.recipe.state, keep=self.cfg.save_total_limit)
+                    extra=self.recipe.state, keep=self.cfg.save_total_limit, export=export.checkpoint_exporter(self))
             except TrainingError as e:
                 err = str(e)
         self._agree(err)
         self.accelerator.wait_for_everyone()
 
-    def _write_model(self, name: str) -> str:
-        """``recipe.save`` into ``output_dir/name`` atomically: a temp dir renamed over the old one
-        (nothing of an earlier model, e.g. full weights beside new LoRA adapters, survives)."""
-        path = os.path.join(self.cfg.output_dir, name)
-        try:
-            with atomic_dir(path) as tmp:
-                self.recipe.save(self.accelerator.unwrap_model(self.model), tmp)
-        except OSError as e:
-            raise TrainingError(f"could not write {path}: {e.strerror or e}; the last good checkpoint is "
-                                f"{self.last_good or 'none'}") from e
-        return path
+    def _write_model(self, name: str, metrics: dict | None = None, step: int | None = None) -> str:
+        return export.write_model(self, name, metrics, step)
 
     # ------------------------------------------------------------------ signals
     def _on_sigterm(self, signum, frame) -> None:
@@ -331,6 +303,10 @@ class Trainer:
             if path is None and list_checkpoints(self.ckpt_dir):
                 raise TrainingError(f"resume: no intact checkpoint in {self.ckpt_dir} (see the lines above); "
                                     "start over with --train.overwrite true")
+            if path is None and os.path.isdir(os.path.join(cfg.output_dir, "final")):
+                raise TrainingError(f"resume: {cfg.output_dir} holds a finished run (final/) and no checkpoint to "
+                                    "continue from (train.save_optimizer false keeps none at the end); start over "
+                                    "with --train.overwrite true, or train with --train.save_optimizer true")
             if path is None:
                 self.log(f"[{self.recipe.name}] resume: no checkpoint in {self.ckpt_dir}; starting fresh")
                 self.metrics.truncate_after(-1)  # records of a run killed before its first checkpoint
@@ -397,15 +373,7 @@ class Trainer:
                 bar.close()
         final_eval = self.evaluate(end) if start < end or not last_eval else last_eval
         self._check_finite(end, "final/ not written")
-        try:
-            self._save(end)
-        except TrainingError as e:
-            if self.recipe.save is None:
-                raise
-            self.log(f"[{self.recipe.name}] {e}; writing final/ anyway")
-        if self.recipe.save is not None and acc.is_main_process:
-            self._write_model("final")
-        acc.wait_for_everyone()
+        export.finish(self, end, final_eval)  # final/ + card; a resumable checkpoint only with save_optimizer
         self.metrics.close()
         return {"initial": first_eval, "final": final_eval}
 
