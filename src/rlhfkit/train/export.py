@@ -32,6 +32,18 @@ def _base(config) -> dict | None:
     return base_model_info(name) if name else None
 
 
+def _run_record(trainer) -> dict:
+    """The run as ``run.json`` recorded it when the run started (the training examples' fingerprint
+    before a recipe attached anything to them, e.g. precomputed reference log-probs)."""
+    from .rundir import read_record
+
+    try:
+        rec = read_record(trainer.cfg.output_dir)
+    except TrainingError:
+        rec = None
+    return rec or trainer._record()
+
+
 def write_model(trainer, name: str, metrics: dict | None = None, step: int | None = None) -> str:
     """``recipe.save`` and the model card into ``output_dir/name`` atomically: a temp dir renamed over
     the old one (nothing of an earlier model, e.g. full weights beside new LoRA adapters, survives)."""
@@ -45,7 +57,7 @@ def write_model(trainer, name: str, metrics: dict | None = None, step: int | Non
             if config is not None:
                 adapters = os.path.isfile(os.path.join(tmp, "adapter_config.json"))
                 modelcard.write_card(tmp, config=config, name=f"{os.path.basename(trainer.cfg.output_dir)}/{name}",
-                                     base=_base(config), record=trainer._record(), metrics=metrics or {},
+                                     base=_base(config), record=_run_record(trainer), metrics=metrics or {},
                                      step=step, total_steps=trainer.total_steps, adapters=adapters)
     except (OSError, RuntimeError) as e:
         raise TrainingError(f"could not write {path}: {getattr(e, 'strerror', None) or e}; free disk space or fix "
@@ -164,3 +176,30 @@ def finish(trainer, end: int, final_eval: dict) -> None:
                     f"to {cfg.output_dir}; final model: {path or trainer.last_good or 'none'}")
         if path and cfg.push_to_hub:
             push_to_hub(path, cfg.hub_model_id, trainer.log)
+
+
+def save_final(model, tokenizer, cfg, examples, metrics: dict, log, step: int | None = None) -> str:
+    """``final/`` of a recipe that runs its own loop (online DPO): the model, its card (data
+    fingerprint of ``examples``), the bytes line and the optional push."""
+    from ..config import to_dict
+    from .checkpoint import atomic_dir
+    from .common import _save_model
+    from .rundir import examples_fingerprint, file_fingerprints
+
+    out = cfg.train.output_dir
+    path = os.path.join(out, "final")
+    config = to_dict(cfg)
+    record = {"config": config, "data": {"files": file_fingerprints(config), "examples": examples_fingerprint(examples)}}
+    try:
+        with atomic_dir(path) as tmp:
+            _save_model(model, tokenizer, tmp, cfg.model.lora, cfg)
+            modelcard.write_card(tmp, config=cfg, name=f"{os.path.basename(out)}/final", base=_base(cfg),
+                                 record=record, metrics=metrics, step=step, total_steps=step,
+                                 adapters=os.path.isfile(os.path.join(tmp, "adapter_config.json")))
+    except (OSError, RuntimeError) as e:
+        raise TrainingError(f"could not write {path}: {getattr(e, 'strerror', None) or e}; free disk space or fix "
+                            "permissions") from e
+    log(f"wrote {human_bytes(dir_bytes(out))} ({dir_bytes(out)} bytes) to {out}; final model: {path}")
+    if cfg.train.push_to_hub:
+        push_to_hub(path, cfg.train.hub_model_id, log)
+    return path

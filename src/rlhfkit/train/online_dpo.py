@@ -37,7 +37,7 @@ from ..rl.config import RolloutConfig
 from ..rl.rollout import HFBackend, SamplingParams, rollout_options
 from . import dpo
 from .checkpoint import latest_checkpoint, load_state, save_state
-from .common import save_model
+from .export import save_final
 from .loop import start_run
 
 
@@ -182,6 +182,8 @@ def run(cfg: OnlineDPOConfig, log=print) -> dict:
         record(rec)
         save_state(ckpt_root, r, model=unwrap(model), state={"rounds": cfg.rounds},
                    states={"history": history, "generator": gen.get_state()}, keep=max(1, cfg.train.save_total_limit))
-    save_model(model, tok, os.path.join(cfg.train.output_dir, "final"), cfg.model.lora, cfg)
+    last = next((h for h in reversed(history) if any(k.startswith("eval/") for k in h)), {})
+    save_final(model, tok, cfg, train, {k: v for k, v in last.items() if k.startswith("eval/")}, log,
+               step=cfg.rounds)
     rewards.close()
     return {"rounds": history}
