@@ -89,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     pl = sub.add_parser("plot", help="PNG curves (reward, KL, length, loss, accuracy) from a run's metrics")
     pl.add_argument("run_dir")
     pl.add_argument("--out", default="", help="output folder (default RUN_DIR/plots)")
+    pl.add_argument("--smooth", type=float, default=0.0, help="EMA weight in [0, 1) for training curves, "
+                    "the raw series faint behind (default 0 = off; 0.6 is a good start)")
+    rp = sub.add_parser("report", help="one self-contained HTML file (tables, curves, sample responses) "
+                        "for a run dir or a quickstart dir")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", default="", help="output file (default RUN_DIR/report.html)")
+    rp.add_argument("--smooth", type=float, default=0.6, help="EMA weight in [0, 1) for training curves "
+                    "(default 0.6; 0 = off)")
     args, rest = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
@@ -105,7 +113,13 @@ def main(argv: list[str] | None = None) -> int:
             if rest:
                 parser.error(f"unrecognized arguments: {' '.join(rest)}")
             from .plot import plot_run
-            plot_run(args.run_dir, args.out)
+            plot_run(args.run_dir, args.out, smooth=args.smooth)
+            return 0
+        if args.command == "report":
+            if rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            from .report import write_report
+            write_report(args.run_dir, args.out or None, smooth=args.smooth)
             return 0
         mod_name, cls_name, doc = COMMANDS[args.command]
         module = importlib.import_module(mod_name)
