@@ -161,11 +161,15 @@ def run(cfg: OnlineDPOConfig, log=print) -> dict:
         rec = {"round": r, "rollout/reward": sum(scores) / len(scores), "pairs": float(len(pairs)),
                "prompts": float(len(exs))}
         if pairs:
+            rdir = os.path.join(cfg.train.output_dir, f"round-{r}")
+            # a round that finished without its round state being saved has no resumable checkpoint
+            # (none is kept at the end): it is trained again, from the same restored sampling state
+            again = r == done + 1 and cfg.train.resume
+            cont = again and latest_checkpoint(os.path.join(rdir, "checkpoints")) is not None
             dcfg = dpo.DPOConfig(model=cfg.model, data=cfg.data, loss_type=cfg.loss_type, beta=cfg.beta,
                                  reference="model" if fixed_ref is not None else "auto",
-                                 train=dataclasses.replace(cfg.train, output_dir=os.path.join(
-                                     cfg.train.output_dir, f"round-{r}"), eval_steps=0,
-                                     resume=r == done + 1 and cfg.train.resume))
+                                 train=dataclasses.replace(cfg.train, output_dir=rdir, eval_steps=0, resume=cont,
+                                                           overwrite=cfg.train.overwrite or (again and not cont)))
             trainer = dpo.build(dcfg, log=log, model=model, tokenizer=tok, examples=(pairs, []),
                                 ref_model=fixed_ref)
             trainer.train()
