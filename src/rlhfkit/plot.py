@@ -32,7 +32,7 @@ PANELS = [
     ("length", "response length", "length (tokens)", r"(^|/)length(_mean|_max)?$"),
     ("entropy", "policy entropy", "entropy (nats/token)", r"(^|/)entropy$"),
     ("clip", "clip fraction", "clipped (fraction of tokens)", r"clip_frac$"),
-    ("approx_kl", "policy change per update", "approx. KL old->new (nats/token)", r"approx_kl$"),
+    ("approx_kl", "policy change per update", "approx. KL (nats/token)", r"approx_kl$"),
     ("explained_variance", "critic explained variance", "explained variance (1 = perfect)",
      r"explained_variance$"),
     ("value_loss", "critic (value) loss", "value loss (squared reward units)", r"value_loss$"),

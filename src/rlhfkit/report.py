@@ -44,7 +44,7 @@ caption{caption-side:top;text-align:left;font-weight:600;font-size:15px;padding:
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
 .prompt{background:#eef3fb;border-radius:6px;padding:8px 10px}.label{font-size:12px;color:#5a6475;margin:6px 0 2px}
 table.samples{width:100%}table.samples td:nth-child(-n+2){width:40%}
-details summary{cursor:pointer;color:#3b4a66;margin:8px 0;font-weight:600}
+a{color:#2456a6}details summary{cursor:pointer;color:#3b4a66;margin:8px 0;font-weight:600}
 .kv{display:grid;grid-template-columns:repeat(auto-fill,minmax(290px,1fr));gap:3px 18px;font-size:13px}
 .kv .k{color:#5a6475}.kv .v{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}
 """
@@ -202,12 +202,22 @@ def key_settings(record: dict) -> list[tuple[str, object]]:
         if node not in (None, ""):
             rows.append((dotted, node))
     for k, v in cfg.items():
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            v = "; ".join(_brief(x) for x in v)  # e.g. rewards: type=verifier verifier=arithmetic weight=1
         if not isinstance(v, dict) and v not in (None, ""):
             rows.append((k, v if not isinstance(v, list) or len(v) < 8 else f"{len(v)} items"))
     count = ((record.get("data") or {}).get("examples") or {}).get("count")
     if count is not None:
         rows.append(("training examples", count))
     return rows
+
+
+def _brief(item: dict) -> str:
+    """A config list item by its named parts (non-empty strings) and weight; the rest is in run.json."""
+    parts = [f"{k}={v}" for k, v in item.items() if isinstance(v, str) and v]
+    if _is_num(item.get("weight")):
+        parts.append(f"weight={fmt(item['weight'])}")
+    return " ".join(parts) or json.dumps(item, sort_keys=True)
 
 
 def eval_table(records: list[dict]) -> tuple[list[str], list[list]]:
@@ -360,8 +370,16 @@ def quickstart_body(qdir: str, summary: dict, smooth: float) -> tuple[str, str]:
     meta = [f"output dir <code>{esc(summary.get('output_dir') or os.path.abspath(qdir))}</code>"]
     if _duration(summary.get("wall_s")):
         meta.append(f"wall time {esc(_duration(summary.get('wall_s')))}")
+    stages = [str(s) for s in summary.get("stages") or []] or sorted(
+        s for s in os.listdir(qdir) if os.path.isfile(os.path.join(qdir, s, "metrics.jsonl")))
+    if stages:
+        meta.append("stages " + " · ".join(f'<a href="#stage-{esc(s)}">{esc(s)}</a>' for s in stages))
     out.append(f'<p class="meta">{" · ".join(meta)}</p>')
     tables = summary.get("tables") or []
+    legacy = summary.get("rows")
+    if not tables and isinstance(legacy, list) and legacy and all(isinstance(r, dict) for r in legacy):
+        columns = list(dict.fromkeys(k for r in legacy for k in r))  # an older summary: rows of dicts
+        tables = [{"title": "Results", "columns": columns, "rows": [[r.get(c) for c in columns] for r in legacy]}]
     if tables:
         out.append("<h2>Results</h2>")
     for t in tables:
@@ -370,13 +388,13 @@ def quickstart_body(qdir: str, summary: dict, smooth: float) -> tuple[str, str]:
     samples = summary.get("samples") or []
     if samples:
         out.append("<h2>Sample responses</h2>" + samples_html(samples))
-    for stage in summary.get("stages") or []:
-        stage_dir = os.path.join(qdir, str(stage))
+    for stage in stages:
+        stage_dir = os.path.join(qdir, stage)
         out.append(f'<h2 id="stage-{esc(stage)}">Stage: {esc(stage)}</h2>')
         if not os.path.isdir(stage_dir):
             out.append(f'<p class="note">no run dir at {esc(stage_dir)}</p>')
             continue
-        out.append(run_section(stage_dir, str(stage), smooth, heading="h3"))
+        out.append(run_section(stage_dir, stage, smooth, heading="h3"))
     return title, "".join(out)
 
 
