@@ -255,7 +255,7 @@ def last_train_table(records: list[dict]) -> list[list]:
 def read_completions(path: str) -> list[dict]:
     rows = []
     with open(path) as f:
-        for i, line in enumerate(f):
+        for line in f:
             if not line.strip():
                 continue
             try:
