@@ -48,10 +48,18 @@ def check_range(key: str, value: Any, lo: float | None = None, hi: float | None 
         raise ConfigError(f"{key} must be {want} (got {value!r})")
 
 
+def did_you_mean(value: Any, choices) -> str:
+    """`` (did you mean 'sigmoid'?)`` for the choice closest to ``value``, else ``""``."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def check_choice(key: str, value: Any, choices) -> None:
-    """ConfigError unless ``value`` is one of ``choices`` (message lists them)."""
+    """ConfigError unless ``value`` is one of ``choices`` (message lists them and suggests the
+    closest one)."""
     if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))} (got {value!r})")
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))} (got {value!r})"
+                          f"{did_you_mean(value, choices)}")
 
 
 def validate_all(cfg: Any, prefix: str = "") -> Any:
@@ -153,12 +161,32 @@ class DataConfig:
     skip_invalid: bool = False
     """Skip malformed rows (counted in the log) instead of stopping with an error."""
 
+    def __post_init__(self) -> None:
+        in_memory_paths(self)
+
     def validate(self, p: str = "data.") -> None:
+        in_memory_paths(self)
+        for key in ("path", "eval_path"):
+            if not isinstance(getattr(self, key), str):
+                raise ConfigError(f"{p}{key} must be a file path, a hub dataset name, a datasets.Dataset or "
+                                  f"a list of dicts (got {type(getattr(self, key)).__name__})")
         check_range(p + "max_length", self.max_length, lo=2)
         check_range(p + "max_prompt_length", self.max_prompt_length, lo=0)
         check_choice(p + "prompt_truncation", self.prompt_truncation, ("drop", "left"))
         check_choice(p + "completion_truncation", self.completion_truncation, ("right", "drop"))
         check_choice(p + "chat_template", self.chat_template, ("auto", "always", "never"))
+
+
+def in_memory_paths(data: "DataConfig") -> None:
+    """Replace an in-memory ``path`` / ``eval_path`` (a ``datasets.Dataset`` or a list of dicts)
+    by its ``memory:<sha256>`` handle (:func:`rlhfkit.data.loading.register_rows`), so the config
+    stays plain text (run.json, resume checks, the model card) and names the rows' content."""
+    from .data.loading import is_in_memory, register_rows
+
+    for key in ("path", "eval_path"):
+        value = getattr(data, key)
+        if is_in_memory(value):
+            setattr(data, key, register_rows(value, f"data.{key}"))
 
 
 @dataclasses.dataclass
@@ -307,24 +335,43 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     return value
 
 
-def _unknown(key: str, valid: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key.split(".")[-1], valid, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+def _unknown(key: str, valid: list[str], root: Any = None) -> ConfigError:
+    """Unknown key: suggests the closest key here, or the closest TRL alias of ``root`` (a
+    recipe config class) with the key it stands for."""
+    name, prefix = key.split(".")[-1], key.rpartition(".")[0]
+    names: dict[str, str] = {v: "" for v in valid}  # candidate -> what it stands for
+    if root is not None:
+        from .aliases import aliases_for
+
+        for a in aliases_for(root).values():
+            if not prefix or a.target.startswith(prefix + "."):
+                names.setdefault(a.name, f" (TRL's name for {a.target})")
+    close = difflib.get_close_matches(name, list(names), n=1)
+    hint = f" (did you mean '{close[0]}'{names[close[0]]}?)" if close else ""
+    if not close and not prefix and root is not None:  # e.g. 'lr' at the top level: train.lr
+        from .aliases import _fields
+
+        for sec, t in _fields(root).items():
+            if dataclasses.is_dataclass(t) and name in _fields(t):
+                hint = f" (did you mean '{sec}.{name}'?)"
+                break
     return ConfigError(f"unknown config key '{key}'{hint}; valid keys here: {', '.join(valid)}")
 
 
-def apply_dict(cfg: Any, values: dict, prefix: str = "") -> Any:
-    """Fill dataclass ``cfg`` in place from a nested dict; unknown keys raise ConfigError."""
+def apply_dict(cfg: Any, values: dict, prefix: str = "", root: Any = None) -> Any:
+    """Fill dataclass ``cfg`` in place from a nested dict; unknown keys raise ConfigError
+    (``root``: the recipe config class, for suggesting TRL aliases)."""
     if not isinstance(values, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '(top)'}' must be a mapping")
     types_ = _field_types(type(cfg))
+    root = root if root is not None else (type(cfg) if not prefix else None)
     for key, value in values.items():
         full = prefix + str(key)
         if key not in types_:
-            raise _unknown(full, list(types_))
+            raise _unknown(full, list(types_), root)
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
-            apply_dict(current, value, full + ".")
+            apply_dict(current, value, full + ".", root)
         else:
             setattr(cfg, key, _coerce(value, types_[key], full))
     return cfg
@@ -387,17 +434,34 @@ def load_yaml(path: str) -> dict:
 
 
 def build_config(cls, config_path: str | None = None, overrides: list[tuple[str, str]] = ()) -> Any:
-    """Defaults <- YAML file <- ``--key value`` overrides."""
+    """Defaults <- YAML file <- ``--key value`` overrides; TRL key names are accepted as aliases
+    (:mod:`rlhfkit.aliases`)."""
+    from .aliases import finish, nested, translate, translate_overrides
+
     cfg = cls()
+    layers = []
     if config_path:
-        apply_dict(cfg, load_yaml(config_path))
-    for key, value in overrides:
+        layers.append(translate(cls, load_yaml(config_path), config_path))
+        apply_dict(cfg, nested(layers[-1]))
+    layers.append(translate_overrides(cls, list(overrides)))
+    for key, (value, _) in layers[-1].given.items():
         set_dotted(cfg, key, value)
+    finish(cfg, layers)
     return validate_all(cfg)
 
 
 def to_dict(cfg: Any) -> dict:
+    """The config as plain data (an in-memory dataset as its ``memory:<sha256>`` handle)."""
+    _in_memory_everywhere(cfg)
     return dataclasses.asdict(cfg)
+
+
+def _in_memory_everywhere(cfg: Any) -> None:
+    if isinstance(cfg, DataConfig):
+        in_memory_paths(cfg)
+    elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        for f in dataclasses.fields(cfg):
+            _in_memory_everywhere(getattr(cfg, f.name))
 
 
 def describe(cls, prefix: str = "", inst: Any = None) -> list[tuple[str, str, str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -146,12 +147,65 @@ def looks_like_hub_name(name: str) -> bool:
             and not re.search(r"\.[A-Za-z0-9]{1,8}(\.gz)?$", name))
 
 
+# --------------------------------------------------------------------------- in-memory rows
+
+MEMORY_PREFIX = "memory:"
+_MEMORY: dict[str, list[dict]] = {}
+"""Registered in-memory datasets by handle (``memory:<sha256 of the rows>``)."""
+
+
+def is_in_memory(obj) -> bool:
+    """A ``datasets.Dataset`` (anything with ``to_list`` and ``column_names``) or a list/tuple of rows."""
+    if isinstance(obj, (list, tuple)):
+        return True
+    return hasattr(obj, "to_list") and hasattr(obj, "column_names")
+
+
+def register_rows(obj, where: str = "data.path") -> str:
+    """Keep the rows of an in-memory dataset (``datasets.Dataset`` or a list of dicts) and return
+    their handle ``memory:<sha256>``: the sha256 of the rows' JSON (sorted keys), so equal rows
+    give the same handle in any process (run.json, resume checks) and changed rows another one."""
+    if isinstance(obj, dict) or (hasattr(obj, "keys") and hasattr(obj, "column_names") and not hasattr(obj, "to_list")):
+        raise DataError(f"{where}: a DatasetDict holds several splits; pass one, e.g. ds['train']")
+    if not (isinstance(obj, (list, tuple)) or hasattr(obj, "to_list")):
+        raise DataError(f"{where}: an in-memory dataset must be a datasets.Dataset or a list of dicts, got "
+                        f"{type(obj).__name__} (an IterableDataset: materialise it with Dataset.from_list)")
+    rows = list(obj.to_list() if hasattr(obj, "to_list") else obj)
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise DataError(f"{where}: row is a {type(r).__name__}, expected a dict with named fields",
+                            source="(in-memory dataset)", row=i)
+    try:
+        text = json.dumps(rows, sort_keys=True, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{where}: the rows cannot be written as JSON ({e}); keep to strings, numbers, "
+                        "lists and dicts", source="(in-memory dataset)") from e
+    handle = MEMORY_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:16]
+    _MEMORY.setdefault(handle, json.loads(text))
+    return handle
+
+
+def _memory_rows(handle: str) -> list:
+    if handle not in _MEMORY:
+        raise DataError("in-memory dataset not registered in this process; pass the rows again as "
+                        "data.path (a datasets.Dataset or a list of dicts)", source=handle)
+    return json.loads(json.dumps(_MEMORY[handle]))  # a fresh copy: later steps rename fields in place
+
+
 def load_rows(path: str, *, split: str = "train", rows: str | None = None) -> RawRows:
-    """Read rows from a local file or a hub dataset name (``org/name``).
+    """Read rows from a local file, a hub dataset name (``org/name``) or a registered in-memory
+    dataset (``memory:<sha256>``, see :func:`register_rows`; a Dataset or a list of dicts given
+    here directly is registered first).
 
     ``rows`` selects a contiguous range (``"0:2000"``) in file order; row numbers in error
     messages stay those of the file.
     """
+    if is_in_memory(path):
+        path = register_rows(path)
+    if str(path).startswith(MEMORY_PREFIX):
+        raw = _memory_rows(str(path))
+        sel = parse_row_range(rows, len(raw))
+        return RawRows(source=str(path), rows=[raw[i] for i in sel], index=list(sel))
     path = os.path.expanduser(str(path))
     if os.path.isfile(path):
         suffix = _suffix(path)

@@ -13,7 +13,11 @@ as ``(row, message)``. Three kinds exist, chosen by :class:`RewardConfig.type`:
 :func:`build_rewards` turns a list of configs (dataclasses, dicts or command-line shorthands
 such as ``"gsm8k"``, ``"model:runs/rm/final*0.5"``) into a :class:`CombinedReward`, whose
 ``score`` gives the weighted total per row, each source's values, and readable errors.
-A failed row never stops training: it contributes 0 to the total and is reported.
+A failed row does not stop training: it contributes 0 to the total and is reported. The one
+exception is a source that fails on *every* row of the first batch it scores (a function that
+raises on everything, a wrong signature, a missing field): that stops the run with the source's
+error, since training on reward 0 would hide it. Under data parallel "every row" is counted over
+all processes.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class RewardError(TrainingError):
     row failure, or beyond its ``max_abs``); the message names the source, rows and values."""
 
 REWARD_TYPES = ("verifier", "function", "model")
+SIGNATURES = ("auto", "trl", "rlhfkit")
+"""Calling conventions of a user function (:func:`rlhfkit.rewards.functions.call_style`)."""
 VERIFIER_NAMES = ("arithmetic", "gsm8k", "format")
 
 DEFAULT_FORMAT_PATTERN = r"(?i)\bthe (?:final )?answer is:?\s*\$?-?\d[\d,]*(?:\.\d+)?\s*\.?\s*$"
@@ -61,6 +67,10 @@ class RewardConfig:
     """arithmetic | gsm8k | format (type=verifier)."""
     fn: str = ""
     """User reward function 'package.module:function' (type=function)."""
+    signature: str = "auto"
+    """type=function: auto | trl (fn(completions, prompts, **kw), keywords, message-list completions
+    for chat prompts) | rlhfkit (fn(prompts, completions, **kw), strings); auto = trl when the
+    first parameter is named completions."""
     path: str = ""
     """Reward model directory (type=model); several comma-separated = an ensemble."""
     ensemble_k: float = 0.0
@@ -221,6 +231,9 @@ def check_reward_config(cfg: RewardConfig, where: str = "reward") -> None:
         from .functions import parse_reference
 
         parse_reference(cfg.fn, where + ".fn")
+        if cfg.signature not in SIGNATURES:
+            raise ConfigError(f"{where}.signature must be one of {', '.join(SIGNATURES)}, got "
+                              f"{cfg.signature!r}")
         if not (cfg.timeout > 0 and math.isfinite(cfg.timeout)):
             raise ConfigError(f"{where}.timeout must be a positive number of seconds, got "
                               f"{cfg.timeout}")
@@ -290,6 +303,33 @@ def check_values_sane(name: str, src, values: Sequence[float], errors: Sequence[
                       "max_abs). Fix the reward source (or raise its max_abs if such values are meant)")
 
 
+def _global_counts(counts: list[float]) -> list[float]:
+    """``counts`` summed over data-parallel processes (as given with one process, or when torch
+    is not loaded: a function worker never imports it)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return counts
+    import torch
+
+    t = torch.tensor(counts, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def check_first_batch(name: str, n: int, errors: Sequence[tuple[int, str]]) -> None:
+    """RewardError when a source failed on every row of its first batch (over all processes)."""
+    failed, total = _global_counts([float(len({r for r, _ in errors})), float(n)])
+    if total > 0 and failed >= total:
+        first = error_lines(name, errors)[0] if errors else f"reward '{name}' failed on every row"
+        raise RewardError(f"{first} -- it failed on every row of its first batch ({int(total)} rows), so "
+                          "the run stops instead of training on reward 0; fix the reward source (later "
+                          "failures of single rows are reported and score 0)")
+
+
 class CombinedReward:
     """Several reward sources with weights; ``score`` returns :class:`CombinedScores`.
 
@@ -309,6 +349,7 @@ class CombinedReward:
         self.sources, self.weights = sources, weights
         self.bounds = [MAX_ABS_REWARD] * len(sources) if bounds is None else [float(b) for b in bounds]
         self.names = unique_names([s.name for s in sources])
+        self._scored: set[str] = set()  # sources past their first batch
 
     def score(self, prompts: list, completions: list[str],
               extras: list[dict] | None = None) -> CombinedScores:
@@ -326,6 +367,9 @@ class CombinedReward:
                 raise RuntimeError(f"reward '{name}' returned {len(res.values)} values for {n} rows")
             per_source[name] = [float(v) for v in res.values]
             check_values_sane(name, src, per_source[name], res.errors, bound)
+            if name not in self._scored:
+                self._scored.add(name)
+                check_first_batch(name, n, res.errors)
             total = [t + w * v if math.isfinite(v) else t for t, v in zip(total, per_source[name])]
             errors += error_lines(name, res.errors)
         return CombinedScores(total=total, per_source=per_source, errors=errors)
@@ -354,7 +398,8 @@ def build_source(cfg: RewardConfig, name: str, where: str = "reward") -> RewardS
     if cfg.type == "function":
         from .functions import FunctionReward
 
-        return FunctionReward(cfg.fn, name=name, timeout=cfg.timeout, where=where + ".fn")
+        return FunctionReward(cfg.fn, name=name, timeout=cfg.timeout, where=where + ".fn",
+                              signature=cfg.signature)
     from .reward_model import ModelReward
 
     return ModelReward(model_paths(cfg), name=name, normalize=cfg.normalize,

@@ -1,10 +1,23 @@
 """User reward functions, named as ``"package.module:function"`` and run in a worker process.
 
-The function has the TRL signature ``fn(prompts, completions, **columns) -> list[float]``:
-``prompts`` are strings or chat message lists, ``completions`` strings, and every other
-dataset field arrives as a keyword argument holding a list over the batch (``None`` for rows
-lacking it). It returns one real number per row; ``None`` means "no reward for this row"
-(kept as nan, contributing 0, without an error).
+A function scores a batch and returns one real number per row; ``None`` means "no reward for
+this row" (kept as nan, contributing 0, without an error). Every dataset field other than the
+prompt arrives as a keyword argument holding a list over the batch (``None`` for rows lacking
+it). Two calling conventions exist (:func:`call_style`):
+
+* **TRL** ``fn(completions, prompts=None, **kwargs)``: called with keywords only,
+  ``fn(prompts=..., completions=..., **columns)``. For a conversational prompt (a list of
+  ``{"role", "content"}`` messages) the completion is a message list too,
+  ``[{"role": "assistant", "content": text}]``, as TRL passes it; plain prompts get strings.
+  A function without ``**kwargs`` gets only the arguments it names.
+* **rlhfkit** ``fn(prompts, completions, **columns)``: called positionally, completions are
+  always strings.
+
+``signature: auto`` (the default) picks TRL when the function's first positional parameter is
+named ``completions`` or it has no positional parameters (``def f(**kwargs)``), and rlhfkit
+otherwise; ``signature: trl`` / ``rlhfkit`` in the reward's config forces one (entries given
+through TRL's ``reward_funcs`` key use ``trl``). With plain-text prompts both conventions pass
+the same values.
 
 Functions are only ever imported by reference, never evaluated from code strings. The
 reference is imported once when the source is built, so a typo is a ConfigError before
@@ -40,7 +53,7 @@ import types
 from typing import Any, Callable
 
 from ..errors import ConfigError
-from .base import RewardResult
+from .base import SIGNATURES, RewardResult
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _REFERENCE = re.compile(rf"({_IDENT}(?:\.{_IDENT})*):({_IDENT}(?:\.{_IDENT})*)")
@@ -81,6 +94,45 @@ def load_function(ref: str, where: str = "reward.fn") -> Callable:
         raise ConfigError(f"{where}: reward function '{ref}' is a {type(obj).__name__}, not a "
                           f"function; it {_HOW}")
     return obj
+
+
+def call_style(fn: Callable, signature: str = "auto") -> str:
+    """``"trl"`` or ``"rlhfkit"``: how ``fn`` is called (see the module docstring for the rule)."""
+    import inspect
+
+    if signature != "auto":
+        return signature
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable: call it as before
+        return "rlhfkit"
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not positional:
+        return "trl"
+    return "trl" if positional[0].name == "completions" else "rlhfkit"
+
+
+def is_messages(prompt: Any) -> bool:
+    """A conversational prompt: a list of ``{"role": ..., "content": ...}`` messages."""
+    return isinstance(prompt, (list, tuple)) and bool(prompt) and all(
+        isinstance(m, dict) and "role" in m for m in prompt)
+
+
+def trl_arguments(fn: Callable, prompts: list, completions: list[str], columns: dict) -> dict:
+    """The keyword arguments of a TRL-style call: completions as assistant messages for
+    conversational prompts; without ``**kwargs`` only what ``fn`` names."""
+    import inspect
+
+    comps = [[{"role": "assistant", "content": c}] if is_messages(p) else c
+             for p, c in zip(prompts, completions)]
+    kwargs = {**columns, "prompts": prompts, "completions": comps}
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
 
 
 # --------------------------------------------------------------------------- results
@@ -138,16 +190,17 @@ def _exception_text(e: BaseException, where: bool = False) -> str:
 
 # --------------------------------------------------------------------------- worker
 
-def _worker_main(conn, ref: str, where: str = "reward.fn") -> None:
-    """Worker process: import ``ref``, then answer ``(prompts, completions, columns)``
-    requests with ``("ok", values)``, ``("raised", text)`` or ``("bad", text)`` until
-    ``None`` arrives or the parent goes away."""
+def _worker_main(conn, ref: str, where: str = "reward.fn", signature: str = "auto") -> None:
+    """Worker process: import ``ref``, report its calling convention with ``("ready", style)``,
+    then answer ``(prompts, completions, columns)`` requests with ``("ok", values)``,
+    ``("raised", text)`` or ``("bad", text)`` until ``None`` arrives or the parent goes away."""
     try:
         fn = load_function(ref, where)
+        style = call_style(fn, signature)
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         conn.send(("error", str(e)))
         return
-    conn.send(("ready", None))
+    conn.send(("ready", style))
     while True:
         try:
             req = conn.recv()
@@ -157,7 +210,10 @@ def _worker_main(conn, ref: str, where: str = "reward.fn") -> None:
             return
         prompts, completions, columns = req
         try:
-            result = fn(prompts, completions, **columns)
+            if style == "trl":
+                result = fn(**trl_arguments(fn, prompts, completions, columns))
+            else:
+                result = fn(prompts, completions, **columns)
         except Exception as e:  # noqa: BLE001
             conn.send(("raised", _exception_text(e, where=True)))
             continue
@@ -199,9 +255,14 @@ class FunctionReward:
 
     allows_missing = True  # a returned None means "no reward for this row" (nan, no error)
 
-    def __init__(self, ref: str, *, name: str = "", timeout: float = 30.0, where: str = "reward.fn"):
+    def __init__(self, ref: str, *, name: str = "", timeout: float = 30.0, where: str = "reward.fn",
+                 signature: str = "auto"):
         module_name, attr = parse_reference(ref, where)
-        self.ref, self.timeout, self.where = ref, float(timeout), where
+        if signature not in SIGNATURES:
+            raise ConfigError(f"{where}: signature must be one of {', '.join(SIGNATURES)}, got {signature!r}")
+        self.ref, self.timeout, self.where, self.signature = ref, float(timeout), where, signature
+        self.style = ""
+        """'trl' or 'rlhfkit' once the worker has imported the function (:func:`call_style`)."""
         self.name = name or attr.rpartition(".")[2]
         self._ctx = mp.get_context("spawn")
         self._proc = None
@@ -219,7 +280,7 @@ class FunctionReward:
     def _start(self) -> str | None:
         """Start the worker; None when it is ready, else a message why it is not."""
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_worker_main, args=(child, self.ref, self.where), daemon=True,
+        proc = self._ctx.Process(target=_worker_main, args=(child, self.ref, self.where, self.signature), daemon=True,
                                  name=f"reward-{self.name}")
         with _main_hidden():
             proc.start()
@@ -238,6 +299,7 @@ class FunctionReward:
         if kind != "ready":
             self._stop(kill=True)
             return msg
+        self.style = msg
         return None
 
     def _stop(self, kill: bool = False) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..config import DataConfig, ModelConfig, TrainConfig, check_choice, check_range
+from ..config import DataConfig, ModelConfig, TrainConfig, check_choice, check_range, did_you_mean
 from ..errors import ConfigError
 from ..losses.kl import KL_ESTIMATORS
 from ..losses.policy import LOSS_AGGREGATIONS
@@ -206,11 +206,14 @@ def validate(cfg: RLConfig) -> None:
         raise ConfigError("importance_level=sequence averages the objective over sequences; use "
                           "loss_agg grpo or dr_grpo (dapo averages over tokens)")
     if cfg.advantage not in ADVANTAGES:
-        raise ConfigError(f"advantage must be one of {sorted(ADVANTAGES)}, got '{cfg.advantage}'")
+        raise ConfigError(f"advantage must be one of {sorted(ADVANTAGES)}, got '{cfg.advantage}'"
+                          f"{did_you_mean(cfg.advantage, sorted(ADVANTAGES))}")
     if cfg.loss_agg not in LOSS_AGGREGATIONS:
-        raise ConfigError(f"loss_agg must be one of {LOSS_AGGREGATIONS}, got '{cfg.loss_agg}'")
+        raise ConfigError(f"loss_agg must be one of {LOSS_AGGREGATIONS}, got '{cfg.loss_agg}'"
+                          f"{did_you_mean(cfg.loss_agg, LOSS_AGGREGATIONS)}")
     if cfg.kl_estimator not in KL_ESTIMATORS:
-        raise ConfigError(f"kl_estimator must be one of {KL_ESTIMATORS}, got '{cfg.kl_estimator}'")
+        raise ConfigError(f"kl_estimator must be one of {KL_ESTIMATORS}, got '{cfg.kl_estimator}'"
+                          f"{did_you_mean(cfg.kl_estimator, KL_ESTIMATORS)}")
     if cfg.kl_in not in ("auto", "reward", "loss"):
         raise ConfigError(f"kl_in must be auto|reward|loss, got '{cfg.kl_in}'")
     G = cfg.rollout.num_generations

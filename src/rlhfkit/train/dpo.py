@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import os
 
-from ..config import DataConfig, ModelConfig, TrainConfig, check_range, validate_all
+from ..config import DataConfig, ModelConfig, TrainConfig, check_range, did_you_mean, validate_all
 from ..data.collate import sequence_index
 from ..data.pipeline import load_examples
 from ..data.tokenize import Example
@@ -109,7 +109,8 @@ def validate(cfg: DPOConfig) -> None:
     """Range checks of the DPO recipe's own keys (ConfigError naming the key and range)."""
     names = sorted(PREFERENCE_LOSSES) + ["plackett_luce"]
     if cfg.loss_type not in names:
-        raise ConfigError(f"unknown loss_type '{cfg.loss_type}'; valid: {', '.join(names)}")
+        raise ConfigError(f"unknown loss_type '{cfg.loss_type}'{did_you_mean(cfg.loss_type, names)}; valid: "
+                          f"{', '.join(names)}")
     check_range("beta", cfg.beta, lo=0, lo_open=True)
     check_range("label_smoothing", cfg.label_smoothing, lo=0, hi=0.5, hi_open=True)
     check_range("alpha", cfg.alpha, lo=0)
