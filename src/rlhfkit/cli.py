@@ -48,13 +48,62 @@ def _overrides(rest: list[str], command: str) -> list[tuple[str, str]]:
     return out
 
 
+def _show(value) -> str:
+    """A default as a user writes it in YAML: ``true``, ``1e-05``, ``""``, ``[arithmetic]``."""
+    import dataclasses
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        return value if value else '""'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        default = type(value)()
+        changed = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)
+                   if getattr(value, f.name) != getattr(default, f.name)}
+        if type(value).__name__ == "RewardConfig" and value.type == "verifier" and set(changed) <= {"verifier", "weight"}:
+            return value.verifier + (f"*{value.weight:g}" if value.weight != 1.0 else "")
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in changed.items()) + "}"
+    return str(value)
+
+
 def _config_help(cls) -> str:
+    """Every key grouped by section, with its default as YAML and its TRL names."""
+    from .aliases import aliases_of
     from .config import describe
 
-    lines = ["configuration keys (YAML or --key value):"]
-    for key, default, doc in describe(cls):
-        lines.append(f"  --{key} (default {default})" + (f"\n      {doc}" if doc else ""))
+    lines = ["configuration keys (YAML or --key value; TRL's names for a key are accepted too):"]
+    inst, section = cls(), None
+    entries = describe(cls)
+    top = {}  # section groups in order of first appearance; a sub-section after its parent's keys
+    for key, _, _ in entries:
+        top.setdefault(key.split(".")[0] if "." in key else "", len(top))
+    entries.sort(key=lambda e: (top[e[0].split(".")[0] if "." in e[0] else ""], e[0].count(".")))
+    for key, _, doc in entries:
+        sec = key.rpartition(".")[0] or "recipe"
+        if sec != section:
+            section = sec
+            lines.append(f"\n{sec}:")
+        obj = inst
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        trl = aliases_of(cls, key)
+        extra = f"; TRL: {', '.join(trl)}" if trl else ""
+        lines.append(f"  --{key} (default {_show(obj)}{extra})" + (f"\n      {doc}" if doc else ""))
     return "\n".join(lines)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        return version("rlhfkit")
+    except (ImportError, PackageNotFoundError):  # pragma: no cover - run from a source tree
+        return "unknown"
 
 
 def _setup_logging() -> None:
@@ -77,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="rlhfkit", description="The RLHF system on Hugging Face models: SFT, reward models, "
         "and more. Every training command takes --config recipe.yaml plus --section.key value "
         "overrides.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"rlhfkit {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (mod, cls_name, doc) in COMMANDS.items():
         p = sub.add_parser(name, help=doc, add_help=False, description=doc)

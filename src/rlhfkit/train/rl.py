@@ -285,7 +285,12 @@ class OnlineRL:
                 if reuse:  # the rollout metrics the skipped pass would have given, from the updates
                     self.onpolicy.write(m, flat_ref is not None, exact_sampler)
 
-        m["train/train_tokens"] = float(sum(rb.num_real_tokens for u in updates for rb in u))
+        counts = torch.tensor([float(sum(rb.num_real_tokens for u in updates for rb in u)), float(lengths.sum())],
+                              dtype=torch.float64)
+        red = dist_sum()  # counts of every process (the loop averages the already global numbers)
+        counts = red(counts) if red is not None else counts
+        m["train/train_tokens"], m["rollout/gen_tokens"] = float(counts[0]), float(counts[1])
+        m["rollout/gen_tokens_per_s"] = float(counts[1]) / max(t_gen, 1e-9)
         return run(), m
 
     def _count(self, rb: RLBatch) -> float:
@@ -476,7 +481,8 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
         monitor.update(step, rec)
 
     recipe = Recipe(
-        model=trained, examples=train, collate=lambda exs: exs, name=cfg.advantage, config=cfg,
+        model=trained, examples=train, collate=lambda exs: exs, config=cfg,
+        name="ppo" if cfg.advantage == "gae" else cfg.advantage,  # progress bar and log prefix
         step=rl.step, count=lambda rb: rb.count, plan=rl.plan,
         evaluate=(lambda m: rl.evaluate(m, evals)) if evals else None,
         save=save, state=rl.state, param_groups=param_groups, on_step_end=on_step_end,
