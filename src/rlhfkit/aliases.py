@@ -437,5 +437,6 @@ def markdown_table() -> str:
         if (a.name, a.target) in seen:
             continue
         seen.add((a.name, a.target))
-        rows.append(f"| `{a.name}` | `{a.target}` | {a.note} |")
+        note = a.note.replace("|", "\\|")
+        rows.append(f"| `{a.name}` | `{a.target}` | {note} |")
     return "\n".join(rows)
