@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 
 import pytest
 
 from rlhfkit.config import build_config, describe
 from rlhfkit.errors import ConfigError, RlhfkitError
-from rlhfkit.train import dpo
 from rlhfkit.train.sft import SFTConfig
 
 
@@ -336,31 +333,4 @@ def test_cli_no_args_prints_help(capsys):
     assert "sft" in out and "rm" in out
 
 
-def _shipped_configs():
-    root = os.path.join(os.path.dirname(__file__), "..", "configs")
-    out = []
-    for name in sorted(os.listdir(root)):
-        path = os.path.join(root, name)
-        text = open(path).read() if name.endswith(".yaml") else ""
-        m = re.search(r"rlhfkit (\S+) --config configs/" + re.escape(name), text)
-        if m:
-            out.append((m.group(1), path))
-    return out
-
-
-@pytest.mark.parametrize("command,path", _shipped_configs(), ids=lambda x: os.path.basename(str(x)))
-def test_every_shipped_config_builds(command, path):
-    """Each configs/*.yaml parses into its command's typed config (no unknown keys, right types)."""
-    import importlib
-
-    from rlhfkit.cli import COMMANDS
-
-    mod_name, cls_name, _ = COMMANDS[command]
-    cfg = build_config(getattr(importlib.import_module(mod_name), cls_name), path, [])
-    assert cfg.train.output_dir.startswith("runs/")
-
-
-def test_simpo_config_is_the_measured_run():
-    cfg = build_config(dpo.DPOConfig, os.path.join(os.path.dirname(__file__), "..", "configs", "simpo_hh.yaml"), [])
-    assert (cfg.loss_type, cfg.beta, cfg.gamma, cfg.model.freeze_layers) == ("simpo", 2.5, 1.25, 0)
-    assert (cfg.train.lr, cfg.train.max_steps) == (2e-4, 90)
+# The shipped recipes (rlhfkit/configs) are tested in tests/test_shipped_configs.py.

@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--out", default="", help="output file (default RUN_DIR/report.html)")
     rp.add_argument("--smooth", type=float, default=0.6, help="EMA weight in [0, 1) for training curves "
                     "(default 0.6; 0 = off)")
+    sub.add_parser("configs", add_help=False, help="the recipes shipped with rlhfkit: list | show NAME | "
+                   "path NAME (run one with --config NAME)")
     args, rest = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
@@ -165,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             from .plot import plot_run
             plot_run(args.run_dir, args.out, smooth=args.smooth)
             return 0
+        if args.command == "configs":
+            from .shipped import main as configs_main
+            return configs_main(rest)
         if args.command == "report":
             if rest:
                 parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -179,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             print(_config_help(cls))
             return 0
         from .config import build_config
-        cfg = build_config(cls, args.config, _overrides(rest, args.command))
+        from .shipped import resolve_config
+        cfg = build_config(cls, resolve_config(args.config), _overrides(rest, args.command))
         from .train.loop import RUN_CONFIG
         token = RUN_CONFIG.set(cfg)  # recorded in each run dir, compared on resume
         try:

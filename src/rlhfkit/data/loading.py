@@ -141,7 +141,9 @@ def _suffix(path: str) -> str:
 
 
 def looks_like_hub_name(name: str) -> bool:
-    """``org/name`` with no file extension (``data/train.txt`` is a missing file, not a hub id)."""
+    """``org/name`` with no file extension (``data/train.txt`` is a missing file, not a hub id),
+    optionally followed by ``?key=value&...`` (:func:`parse_hub_spec`)."""
+    name = name.partition("?")[0]
     parts = name.split("/")
     return (len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
             and not re.search(r"\.[A-Za-z0-9]{1,8}(\.gz)?$", name))
@@ -226,17 +228,58 @@ def load_rows(path: str, *, split: str = "train", rows: str | None = None) -> Ra
     return RawRows(source=path, rows=[raw[i] for i in sel], index=[index[i] for i in sel])
 
 
-def _load_hub(name: str, split: str) -> tuple[list, list[int]]:
-    """Load a hub dataset through ``datasets.load_dataset`` (needs network or the HF cache)."""
+HUB_KEYS = ("name", "data_dir", "split", "revision")
+
+
+def parse_hub_spec(spec: str, split: str) -> tuple[str, dict]:
+    """``"openai/gsm8k?name=main&split=test"`` -> ``("openai/gsm8k", {"name": "main", "split": "test"})``:
+    the keyword arguments of ``datasets.load_dataset`` (the config ``name``, ``data_dir``, ``split``,
+    ``revision``); ``split`` defaults to ``data.split``."""
+    repo, _, query = spec.partition("?")
+    kwargs: dict = {"split": split}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        if key not in HUB_KEYS or not eq or not value:
+            raise DataError(f"hub dataset option '{item}' is not one of {', '.join(k + '=...' for k in HUB_KEYS)}, "
+                            "e.g. 'openai/gsm8k?name=main&split=test'", source=spec)
+        kwargs[key] = value
+    return repo, kwargs
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub endpoint (``HF_ENDPOINT``, default huggingface.co) accepts a connection."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hub(spec: str, split: str) -> tuple[list, list[int]]:
+    """Load a hub dataset through ``datasets.load_dataset`` (needs network or, with
+    ``HF_DATASETS_OFFLINE=1``, the HF cache). Without network this fails at once, in one line."""
+    repo, kwargs = parse_hub_spec(spec, split)
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+                  for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    if not offline and not hub_reachable():
+        raise DataError("cannot reach the Hugging Face hub (offline?) to load this dataset; pass a local copy "
+                        "instead, e.g. --data.path FILE.jsonl (a shipped config names its local copy in its first "
+                        "lines: rlhfkit configs show NAME), or set HF_DATASETS_OFFLINE=1 to use a cached copy",
+                        source=spec)
     try:
         import datasets
     except ImportError as e:  # pragma: no cover
-        raise DataError("loading hub datasets needs the 'datasets' package", source=name) from e
+        raise DataError("loading hub datasets needs the 'datasets' package", source=spec) from e
     try:
-        ds = datasets.load_dataset(name, split=split)
+        ds = datasets.load_dataset(repo, **kwargs)
     except Exception as e:  # network errors, missing dataset, missing split
-        raise DataError(f"could not load hub dataset (split '{split}'): {type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}. Offline? Point data.path at "
-                        "a local file instead", source=name) from e
+        raise DataError(f"could not load hub dataset {repo} ({', '.join(f'{k}={v}' for k, v in kwargs.items())}): "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Offline? Point data.path "
+                        "at a local file instead", source=spec) from e
     rows = ds.to_list()
     return rows, list(range(len(rows)))

@@ -1,6 +1,6 @@
 """Direct alignment recipe: DPO and its family on preference pairs or ranked lists.
 
-    rlhfkit dpo --config configs/dpo_hh.yaml --loss_type ipo
+    rlhfkit dpo --config dpo_hh --loss_type ipo
 
 ``loss_type`` names a pure loss in ``rlhfkit.losses.preference`` (pairs) or
 ``plackett_luce`` (ranked lists, ``rlhfkit.losses.listwise``). Chosen and rejected (or all K

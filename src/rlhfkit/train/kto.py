@@ -1,6 +1,6 @@
 """KTO recipe: unpaired thumbs-up / thumbs-down data.
 
-    rlhfkit kto --config configs/kto_hh.yaml
+    rlhfkit kto --config kto_hh
 
 Rows are ``prompt`` + ``completion`` + ``label``; preference pairs are split into one
 desirable and one undesirable row each. The KL reference point z₀ is estimated from

@@ -1,6 +1,6 @@
 """Reward-model recipe: Bradley-Terry on preference pairs or K-ranked lists.
 
-    rlhfkit rm --config configs/rm_hh.yaml
+    rlhfkit rm --config rm_hh
 
 Pairs and lists share one path: an example is a prompt with K completions and label
 scores (a pair is K = 2 with scores [1, 0]); all K completions go through the model in one

@@ -1,7 +1,7 @@
 """Online RL: one recipe for PPO, GRPO, RLOO and REINFORCE++ (``advantage:`` picks).
 
-    rlhfkit grpo --config configs/grpo_arithmetic.yaml
-    rlhfkit ppo  --config configs/ppo_arithmetic.yaml
+    rlhfkit grpo --config grpo_arithmetic
+    rlhfkit ppo  --config ppo_arithmetic
 
 Every loop step: take ``train.batch_size`` prompts; sample ``rollout.num_generations``
 responses each from the current policy (KV-cache decode); score them with the configured

@@ -1,6 +1,6 @@
 """SFT recipe: completion-only (assistant-only) NLL on prompt/completion or chat data.
 
-    rlhfkit sft --config configs/sft.yaml
+    rlhfkit sft --config sft_gsm8k
 """
 
 from __future__ import annotations
