@@ -148,7 +148,7 @@ def test_config_name_resolution(tmp_path, monkeypatch):
     (tmp_path / "sft_gsm8k").write_text("train: {lr: 1.0e-3}\n")  # a real file wins
     assert resolve_config("sft_gsm8k") == "sft_gsm8k"
     assert resolve_config("sub/missing.yaml") == "sub/missing.yaml"  # a path: the loader reports it
-    with pytest.raises(ConfigError, match="no shipped config named 'nosuch'"):
+    with pytest.raises(ConfigError, match="config file not found: nosuch, and no shipped config named 'nosuch'"):
         resolve_config("nosuch")
 
 

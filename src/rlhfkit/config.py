@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .train.trackers import TrackingConfig
 
 
 # --------------------------------------------------------------------------- validation
@@ -190,7 +191,7 @@ def in_memory_paths(data: "DataConfig") -> None:
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(TrackingConfig):
     output_dir: str = "runs/run"
     """Run directory: metrics.jsonl, checkpoints/, final/."""
     epochs: float = 1.0
@@ -255,8 +256,6 @@ class TrainConfig:
     logging_steps: int = 1
     progress: bool = True
     """Show a progress bar."""
-    tensorboard: bool = True
-    """Also log to TensorBoard when it is installed."""
 
     def validate(self, p: str = "train.") -> None:
         check_range(p + "lr", self.lr, lo=0)
@@ -271,6 +270,7 @@ class TrainConfig:
             check_range(p + key, getattr(self, key), lo=lo)
         check_choice(p + "lr_scheduler", self.lr_scheduler, ("cosine", "linear", "constant"))
         check_choice(p + "best_mode", self.best_mode, ("max", "min"))
+        self.validate_tracking(p)  # report_to, log_completions (rlhfkit.train.trackers)
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError(f"{p}push_to_hub needs {p}hub_model_id ('name' or 'owner/name'), e.g. "
                               f"--{p}hub_model_id my-rm")

@@ -62,7 +62,10 @@ def resolve_config(value: str | None) -> str | None:
     is a shipped config; anything else is returned unchanged (and reported missing by the loader)."""
     if not value or os.path.exists(value) or "/" in value or os.sep in value:
         return value
-    return shipped_path(value)
+    try:
+        return shipped_path(value)
+    except ConfigError as e:
+        raise ConfigError(f"config file not found: {value}, and {e}") from None
 
 
 def main(argv: list[str]) -> int:

@@ -132,8 +132,8 @@ class Trainer:
                 err = str(e)
                 self._release()
         self._agree(err)
-        self.metrics = MetricsLog(os.path.join(cfg.output_dir, "metrics.jsonl"), cfg.tensorboard,
-                                  enabled=self.accelerator.is_main_process)
+        self.metrics = MetricsLog.for_run(cfg, enabled=self.accelerator.is_main_process,
+                                          config_fn=lambda: self._record()["config"])  # for wandb/trackio
 
     # ------------------------------------------------------------------ the run directory
     def _agree(self, err: str) -> None:

@@ -22,7 +22,8 @@ RUN_RECORD = "run.json"
 LOCK_FILE = ".rlhfkit.lock"
 RUN_MARKERS = ("metrics.jsonl", "final", "best")
 ALWAYS_ALLOWED = ("train.resume", "train.resume_allow", "train.overwrite", "train.progress", "train.threads",
-                  "train.tensorboard", "train.return_freed_memory")
+                  "train.tensorboard", "train.report_to", "train.log_completions", "train.log_completions_rows",
+                  "train.return_freed_memory")
 """Config keys a resume may change without ``train.resume_allow``: they do not change what is trained."""
 
 

@@ -9,11 +9,14 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import TrainingError
+from .trackers import require_trackers
 
 
 def check_train_config(cfg: TrainConfig) -> None:
-    """Reject impossible training settings before anything is loaded (TrainConfig.validate)."""
+    """Reject impossible training settings before anything is loaded (TrainConfig.validate), and
+    trackers in ``train.report_to`` that are not installed."""
     cfg.validate()
+    require_trackers(cfg.report_to)
 
 
 def return_freed_memory(threshold: int = 1 << 20) -> bool:
