@@ -64,9 +64,17 @@ def test_quickstart_fast_learns(tmp_path):
     # the closing evaluation: every trained policy against the starting model
     for stage in ("sft", "dpo", "ppo"):
         e = s["eval"][stage]
-        w = e["win_rate"]
+        w = e["win_rate/arithmetic"]
         assert 0 <= w["ci_low"] <= w["win_rate"] <= w["ci_high"] <= 1 and w["n"] == 16
         assert e["kl"] == e["kl"] and e["policy"]["length"] > 0
         assert (tmp_path / "qs" / "eval" / stage / "samples.jsonl").exists()
     assert s["eval"]["sft"]["policy"]["reward/arithmetic"] > s["eval"]["sft"]["reference"]["reward/arithmetic"]
     assert any(p.endswith(".png") for p in s["plots"])
+    # the closing table leads with the gold verifier; the reward model does not judge PPO, its trainee
+    eval_table = s["tables"][1]
+    assert "gold verifier" in eval_table["columns"][1]
+    ppo_row = next(r for r in eval_table["rows"] if r[0].startswith("ppo"))
+    assert ppo_row[2].startswith("—")
+    assert all(set(smp["responses"]) == {"starting model", "sft", "dpo", "ppo"} for smp in s["samples"])
+    report = (tmp_path / "qs" / "report.html").read_text()
+    assert eval_table["title"] in report and s["samples"][0]["prompt"] in report

@@ -169,7 +169,7 @@ def evaluate_policy(cfg: EvalConfig, log=print) -> dict:
             out["win_rate"] = win_rate(out["policy"]["_scores"], out["reference"]["_scores"])
             for name in out["policy"]["_per_source"]:
                 out[f"win_rate/{name}"] = win_rate(out["policy"]["_per_source"][name],
-                                                   out["reference"]["_per_source"][name])["win_rate"]
+                                                   out["reference"]["_per_source"][name])
     os.makedirs(cfg.output_dir, exist_ok=True)
     with open(os.path.join(cfg.output_dir, "samples.jsonl"), "w") as f:
         for i, ex in enumerate(rows):

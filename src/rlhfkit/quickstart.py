@@ -144,35 +144,83 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
               res["final"]["eval/sampled/kl"])]
 
     # Stage 5: every trained policy against the starting model ------------------------------
+    # Judges: the gold verifier (exact match; no stage trained on it) and the reward model,
+    # which is reported only for policies it did not train (PPO optimised it). Responses are greedy;
+    # the KL column is the mean log-ratio log pi(y|x) - log pi_start(y|x) on the policy's responses.
     evals = []
     for stage in ("sft", "dpo", "ppo"):
         res = evaluate.run(evaluate.EvalConfig(
             model=ModelConfig(name=f"{out}/{stage}/final"), reference="smollm2-135m",
             data=DataConfig(path=paths["prompts_eval"], max_length=256),
-            rewards=[f"model:{out}/rm/final", "arithmetic*0"], output_dir=f"{out}/eval/{stage}",
+            rewards=["arithmetic", f"model:{out}/rm/final*0"], output_dir=f"{out}/eval/{stage}",
             rollout=RolloutConfig(num_generations=1, max_new_tokens=32, temperature=0.0)), log=log)
         evals.append((stage, res))
-    eval_table = ["| policy vs starting model | win-rate (reward model judge, 95% CI) | KL (nats/response) | "
-                  "length (tokens) | exact match | starting model's exact match |", "|---|---|---|---|---|---|"]
+    trained_on = {"sft": "worked answers (SFT)", "dpo": "preference pairs (DPO, from the SFT model)",
+                  "ppo": "reward-model score (PPO, from the SFT model)"}
+    eval_cols = ["policy (trained on)", "win-rate vs starting model, gold verifier (95% CI)",
+                 "win-rate vs starting model, reward model (95% CI)", "exact match (policy / starting model)",
+                 "log-ratio to starting model on the policy's responses (nats/response)", "length (tokens)", "n"]
+    eval_rows = []
     for stage, r in evals:
-        w = r["win_rate"]
-        eval_table.append(f"| {stage} | {w['win_rate']:.3f} ({w['ci_low']:.3f}–{w['ci_high']:.3f}) | {r['kl']:.3f} | "
-                          f"{r['policy']['length']:.1f} | {r['policy']['reward/arithmetic']:.3f} | "
-                          f"{r['reference']['reward/arithmetic']:.3f} |")
+        g, m = r["win_rate/arithmetic"], r.get("win_rate/rm")
+        rm_cell = "— (its training signal)" if stage == "ppo" or m is None else _ci(m)
+        eval_rows.append([f"{stage}: {trained_on[stage]}", _ci(g), rm_cell,
+                          f"{r['policy']['reward/arithmetic']:.3f} / {r['reference']['reward/arithmetic']:.3f}",
+                          round(r["kl"], 3), round(r["policy"]["length"], 1), g["n"]])
+    samples = _samples(out, [s for s, _ in evals], k=3)
     plots = _plots(out, log)
 
     wall = time.time() - t0
-    table = ["| stage | metric | before | after |", "|---|---|---|---|"]
-    table += [f"| {s} | {m} | {b:.3f} | {a:.3f} |" for s, m, b, a in rows]
-    summary = {"rows": [dict(stage=s, metric=m, before=b, after=a) for s, m, b, a in rows],
-               "eval": {stage: r for stage, r in evals}, "plots": plots,
-               "wall_s": wall, "output_dir": out}
+    start_of = {"sft": "embedded model", "dpo": "SFT model", "reward model": "SFT model (scalar head)",
+                "ppo": "SFT model"}
+    stage_cols = ["stage", "metric", "before = the stage's starting point", "before", "after"]
+    stage_rows = [[s, m, start_of[s], round(b, 3), round(a, 3)] for s, m, b, a in rows]
+    tables = [
+        {"title": "Each stage on held-out data", "columns": stage_cols, "rows": stage_rows,
+         "note": "'before' is the model the stage started from, measured on the same held-out rows."},
+        {"title": "Every trained policy against the starting model (the embedded SmolLM2-135M-Instruct)",
+         "columns": eval_cols, "rows": eval_rows,
+         "note": "One greedy response per held-out prompt from each model; ties count 1/2. The gold "
+                 "verifier checks the answer; no stage trained on it."}]
+    summary = {"title": "rlhfkit quickstart", "stages": ["sft", "dpo", "rm", "ppo"], "tables": tables,
+               "samples": samples, "rows": [dict(stage=s, metric=m, before=b, after=a) for s, m, b, a in rows],
+               "eval": {stage: r for stage, r in evals}, "plots": plots, "wall_s": wall, "output_dir": out}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    log("\n" + "\n".join(table) + "\n\n" + "\n".join(eval_table))
+    log("\n" + "\n\n".join(_markdown(t) for t in tables))
+    for smp in samples:
+        log(f"\n[sample] {smp['prompt']} (answer {smp['answer']})")
+        for who, text in smp["responses"].items():
+            log(f"  {who:15s} {text!r}")
+    from .report import write_report
+    report = write_report(out, log=lambda *a: None)
     if plots:
         log(f"[quickstart] curves: {', '.join(sorted(set(os.path.dirname(p) for p in plots)))}")
-    log(f"\n[quickstart] done in {wall:.0f} s; models in {out}/sft/final, {out}/rm/final and "
-        f"{out}/ppo/final, "
-        f"metrics in {out}/*/metrics.jsonl, summary in {out}/summary.json")
+    log(f"\n[quickstart] done in {wall:.0f} s; report {report}; models in {out}/sft/final, {out}/dpo/final, "
+        f"{out}/rm/final and {out}/ppo/final, summary in {out}/summary.json")
     return summary
+
+
+def _ci(w: dict) -> str:
+    return f"{w['win_rate']:.3f} ({w['ci_low']:.3f}–{w['ci_high']:.3f})"
+
+
+def _markdown(t: dict) -> str:
+    lines = [f"{t['title']}", "| " + " | ".join(t["columns"]) + " |", "|" + "---|" * len(t["columns"])]
+    lines += ["| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in r) + " |" for r in t["rows"]]
+    return "\n".join(lines)
+
+
+def _samples(out: str, stages: list[str], k: int) -> list[dict]:
+    """The first ``k`` held-out prompts: the starting model's response and each policy's."""
+    per = {}
+    for stage in stages:
+        with open(os.path.join(out, "eval", stage, "samples.jsonl")) as f:
+            per[stage] = [json.loads(line) for _, line in zip(range(k), f)]
+    with open(os.path.join(out, "data", "prompts_eval.jsonl")) as f:
+        answers = [json.loads(line)["answer"] for _, line in zip(range(k), f)]
+    first = per[stages[0]]
+    return [{"prompt": first[i]["prompt"][-1]["content"] if isinstance(first[i]["prompt"], list)
+             else str(first[i]["prompt"]), "answer": answers[i],
+             "responses": {"starting model": first[i]["reference_response"],
+                           **{s: per[s][i]["response"] for s in stages}}} for i in range(len(first))]
