@@ -371,6 +371,7 @@ def test_hub_name_goes_through_datasets_load_dataset(tmp_path, monkeypatch):
         return datasets.Dataset.from_list(hub_rows)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr("rlhfkit.data.loading.hub_reachable", lambda timeout=3.0: True)  # no network here
     raw = load_rows("someorg/somedata", split="test")
     assert calls == [("someorg/somedata", "test")]
     assert raw.source == "someorg/somedata"
@@ -391,6 +392,7 @@ def test_hub_failure_is_a_data_error(tmp_path, monkeypatch):
         raise ConnectionError("no network\nsecond line")
 
     monkeypatch.setattr(datasets, "load_dataset", failing)
+    monkeypatch.setattr("rlhfkit.data.loading.hub_reachable", lambda timeout=3.0: True)  # reachable, then fails
     with pytest.raises(DataError) as ei:
         load_rows("someorg/somedata", split="validation")
     msg = str(ei.value)
