@@ -279,7 +279,7 @@ def test_rloo_sequence_level_objective_in_training(tiny_dir, tmp_path):
                                           loss_agg="dr_grpo")
     assert met_s["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     assert met_s["policy_loss_seq"] == pytest.approx(float(-adv.mean()), abs=1e-6)
-    torch.testing.assert_close(g_seq, 6 * g_tok, rtol=1e-4, atol=1e-6)  # max_new_tokens = 6
+    torch.testing.assert_close(g_seq, 6 * g_tok, rtol=1e-4, atol=5e-6)  # max_new_tokens = 6; float32 sums, x6
     assert g_seq.abs().sum() > 0
 
 
