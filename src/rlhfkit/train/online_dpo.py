@@ -10,7 +10,8 @@ policy for every round (``reference_update: fixed``, one frozen copy) or the pol
 was when the round started (``refresh``: its log-probs are precomputed, no copy). Held-out
 prompts are scored (greedy and sampled) before the first round and after each one; every
 round writes one record to ``output_dir/rounds.jsonl`` and its DPO run to
-``output_dir/round-N``.
+``output_dir/round-N``; with ``train.log_completions: N`` every N-th round's sampled responses and
+their rewards go to ``output_dir/completions.jsonl`` (``step`` = the round).
 
 Resume (``train.resume``): after every round the trainable weights, the sampling generator and the
 round records are checkpointed atomically in ``output_dir/rounds``. A restarted run loads
@@ -37,6 +38,7 @@ from ..rl.config import RolloutConfig
 from ..rl.rollout import HFBackend, SamplingParams, rollout_options
 from . import dpo
 from .checkpoint import latest_checkpoint, load_state, save_state
+from .completions import CompletionLog
 from .export import save_final
 from .loop import start_run
 
@@ -66,15 +68,17 @@ class OnlineDPOConfig:
 
 
 def _prompts(cfg: OnlineDPOConfig, tok, log):
-    from .rl import load_prompts  # the prompt sources of GRPO/PPO (task or data file)
+    from .prompts import load_prompts  # the prompt sources of GRPO/PPO (task or data file)
 
     return load_prompts(cfg, tok, log)
 
 
-def _score(rewards, exs: list[Example], texts: list[str], n: int) -> list[float]:
+def _score(rewards, exs: list[Example], texts: list[str], n: int, full: bool = False):
+    """The total reward of each text (``full``: the whole result, with each source's values)."""
     prompts = [ex.extra.get("prompt") for ex in exs for _ in range(n)]
     extras = [{k: v for k, v in ex.extra.items() if k != "prompt"} for ex in exs for _ in range(n)]
-    return rewards.score(prompts, texts, extras).total
+    res = rewards.score(prompts, texts, extras)
+    return res if full else res.total
 
 
 def make_pairs(exs: list[Example], completions: list[list[int]], scores: list[float], n: int) -> list[Example]:
@@ -150,13 +154,16 @@ def run(cfg: OnlineDPOConfig, log=print) -> dict:
     n = cfg.rollout.num_generations
     params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                             top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=n, stop=list(cfg.rollout.stop))
+    completions = CompletionLog.for_run(cfg.train)  # train.log_completions: every N rounds
     for r in range(done + 1, cfg.rounds + 1):
         start = ((r - 1) * cfg.prompts_per_round) % len(train)
         exs = [train[(start + i) % len(train)] for i in range(min(cfg.prompts_per_round, len(train)))]
         model.eval()
         be = HFBackend(model, tok, **rollout_options(cfg.rollout))
         ro = be.generate([e.prompt for e in exs], params, gen)
-        scores = _score(rewards, exs, ro.texts, n)
+        res = _score(rewards, exs, ro.texts, n, full=True)
+        scores = res.total
+        completions.log_rollout(r - 1, exs, n, ro.texts, res)
         pairs = make_pairs(exs, ro.completion_ids, scores, n)
         rec = {"round": r, "rollout/reward": sum(scores) / len(scores), "pairs": float(len(pairs)),
                "prompts": float(len(exs))}

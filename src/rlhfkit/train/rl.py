@@ -39,7 +39,7 @@ import torch
 from ..config import validate_all
 from ..data.collate import Batch, collate
 from ..data.pipeline import load_examples
-from ..data.tokenize import Example, tokenize_records
+from ..data.tokenize import Example
 from ..errors import ConfigError
 from ..losses.kl import kl_estimate
 from ..losses.policy import aggregate, clipped_surrogate, clipped_value_loss, sequence_clipped_surrogate
@@ -56,7 +56,9 @@ from ..rl.kl_control import make_kl_controller
 from ..rl.monitors import RewardHackingMonitor
 from ..rl.rollout import SamplingParams, check_kv_cache, make_backend, rollout_options
 from .common import dist_rank, dist_sum, save_model
+from .completions import CompletionLog
 from .loop import Recipe, Trainer, start_run
+from .prompts import load_prompts
 
 
 # ---------------------------------------------------------------------------- the recipe
@@ -103,6 +105,7 @@ class OnlineRL:
         self.last: dict = {}
         self.onpolicy = OnPolicyStats()
         self.state: dict = {}  # saved with every checkpoint
+        self.completions = CompletionLog.for_run(cfg.train)  # train.log_completions
 
     # ----------------------------------------------------------------- rollout + scoring
     def _prompt(self, ex: Example):
@@ -231,6 +234,7 @@ class OnlineRL:
             gamma=cfg.gamma, lam=cfg.lam, scale=cfg.scale_rewards, reduce=dist_sum()))
         if cfg.advantage == "gae" and cfg.whiten_advantages:
             adv = masked_whiten(adv, umask, reduce=dist_sum())
+        self.completions.log_rollout(step, exs, G, ro.texts, res, adv, umask)
         if values is not None:
             var_r = masked_var(returns, umask)
             m["ppo/explained_variance"] = float(1 - masked_var(returns - values, umask) / var_r) if var_r > 0 else 0.0
@@ -409,23 +413,6 @@ class OnlineRL:
 def _nanmean(vals: list[float]) -> float:
     ok = [v for v in vals if not math.isnan(v)]
     return sum(ok) / len(ok) if ok else float("nan")
-
-
-def load_prompts(cfg: RLConfig, tokenizer, log=print) -> tuple[list[Example], list[Example]]:
-    """Prompt examples (``extra`` holds the prompt and every other field, e.g. ``answer``)."""
-    if cfg.task:
-        if cfg.task != "arithmetic":
-            raise ConfigError(f"unknown task '{cfg.task}'; the built-in task is 'arithmetic'")
-        from ..tasks.arithmetic import make_problems
-
-        probs = make_problems(cfg.task_size + cfg.task_eval_size, seed=cfg.train.seed)
-        recs = [{"kind": "prompt_only", "row": i, "prompt": p["prompt"], "answer": p["answer"]}
-                for i, p in enumerate(probs)]
-        train = tokenize_records(recs[:cfg.task_size], tokenizer, cfg.data, source="task:arithmetic", log=log)
-        evals = tokenize_records(recs[cfg.task_size:], tokenizer, cfg.data, source="task:arithmetic (eval)",
-                                 log=log) if cfg.task_eval_size else []
-        return train, evals
-    return load_examples(cfg.data, tokenizer, ("prompt_only",), log)
 
 
 def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) -> Trainer:
