@@ -323,6 +323,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' expects a string, got {type(value).__name__}")
         return "" if value is None else str(value)
     if origin is list:
+        if value is None:  # `--key ''` / `key:` with no value: the empty list
+            value = []
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, list):
