@@ -74,3 +74,58 @@ def test_reward_model_eval_accuracy_and_calibration(tok, tmp_path):
     assert res["accuracy"] == pytest.approx(sum(a > b for a, b in zip(ch, rj)) / 12)
     assert res["margin"] == pytest.approx(sum(a - b for a, b in zip(ch, rj)) / 12, abs=1e-5)
     assert sum(row["n"] for row in res["table"]) == 24 and 0 <= res["ece"] <= 1
+
+
+def test_alignment_tax_nll_by_hand_and_reference_sampled_once(tiny_dir, tok, tmp_path, monkeypatch):
+    import torch
+
+    from rlhfkit.data.tokenize import Renderer
+    from rlhfkit.models.loading import load_model
+    from rlhfkit.rl import rollout
+    from rlhfkit.tasks.general_text import general_rows
+
+    rows = general_rows()[:5]
+    nll_path = write_jsonl(tmp_path / "general.jsonl", rows)
+    other_dir = tmp_path / "other"
+    tiny_model(tok, seed=7).save_pretrained(other_dir)
+    tok.save_pretrained(other_dir)
+    calls = []
+    real = rollout.HFBackend.generate
+
+    def counting(self, *a, **kw):
+        calls.append(1)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(rollout.HFBackend, "generate", counting)
+    cfg = EvalConfig(model=ModelConfig(name=tiny_dir), reference=str(other_dir), task="arithmetic", task_size=4,
+                     rewards=["arithmetic"], nll_path=nll_path, output_dir=str(tmp_path / "a"))
+    res = run(cfg)
+    # independent: full-vocabulary log-softmax in float64 over each row's completion tokens
+    r = Renderer(tok)
+    for side, name in (("policy", tiny_dir), ("reference", str(other_dir))):
+        model = load_model(name)[0].eval()
+        total, n = 0.0, 0
+        for i, row in enumerate(rows):
+            ex = r.example({"kind": "prompt_completion", "row": i, **row})
+            ids = ex.prompt + ex.completions[0]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+            p = len(ex.prompt)
+            total -= sum(float(logp[p - 1 + j, t]) for j, t in enumerate(ex.completions[0]))
+            n += len(ex.completions[0])
+        assert res[side]["nll"] == pytest.approx(total / n, rel=1e-4), side
+    assert res["nll_tax"] == pytest.approx(res["policy"]["nll"] - res["reference"]["nll"])
+    assert len(calls) == 2  # policy, reference
+    again = run(dataclasses_replace(cfg, output_dir=str(tmp_path / "b")))
+    assert len(calls) == 3  # the reference's responses were reused: same model, prompts, sampling, seed
+    ref_a = [json.loads(x)["reference_response"] for x in open(tmp_path / "a" / "samples.jsonl")]
+    ref_b = [json.loads(x)["reference_response"] for x in open(tmp_path / "b" / "samples.jsonl")]
+    assert ref_a == ref_b and again["reference"] == res["reference"]
+    run(dataclasses_replace(cfg, seed=1, output_dir=str(tmp_path / "c")))
+    assert len(calls) == 5  # another seed: sampled again
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)

@@ -248,3 +248,13 @@ def test_help_is_readable_and_grouped(capsys):
     # a key sits under its own section header
     i = lines.index("train:")
     assert lines[i + 1].startswith("  --train.")
+
+
+def test_log_completions_and_rows(tmp_path):
+    c = yaml_cfg(tmp_path, RLConfig, "log_completions: true\nnum_completions_to_print: 3\nlogging_steps: 5\n")
+    assert c.train.log_completions == 5 and c.train.log_completions_rows == 3
+    assert yaml_cfg(tmp_path, RLConfig, "log_completions: false\n").train.log_completions == 0
+    assert yaml_cfg(tmp_path, RLConfig, "log_completions: true\n").train.log_completions == 1
+    # an explicit rlhfkit setting given later wins
+    c = yaml_cfg(tmp_path, RLConfig, "log_completions: true\n", [("train.log_completions", "7")])
+    assert c.train.log_completions == 7

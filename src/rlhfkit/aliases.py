@@ -140,6 +140,9 @@ ALIASES: tuple[Alias, ...] = (
     Alias("num_mini_batches", "num_minibatches"),
     Alias("loss_type", "loss_agg", "GRPO: grpo | dr_grpo | dapo"),
     Alias("mask_truncated_completions", "mask_truncated"),
+    Alias("log_completions", "train.log_completions", "true: every logging step (train.logging_steps), "
+          "false: off; rlhfkit writes them to RUN_DIR/completions.jsonl", deferred=True),
+    Alias("num_completions_to_print", "train.log_completions_rows", "rows logged per step"),
     Alias("sft_model_path", "model.name", "TRL PPO"),
     Alias("reward_model_path", "rewards", "TRL PPO: one reward model directory",
           lambda v: [{"type": "model", "path": v}]),
@@ -399,6 +402,10 @@ def finish(cfg, layers: list[Layer]) -> None:
         elif not on and cfg.model.lora.r > 0:
             raise ConfigError(f"{written} is false but model.lora.r / lora_r is {cfg.model.lora.r}; "
                               "remove one of them")
+    i, got = _last(layers, "log_completions")
+    if got is not None and not _set_later(layers, i, "train.log_completions"):
+        value, written = got
+        cfg.train.log_completions = max(1, cfg.train.logging_steps) if _coerce(value, bool, written) else 0
     i, got = _last(layers, "reward_weights")
     if got is not None:
         _reward_weights(cfg, *got)

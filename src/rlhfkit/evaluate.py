@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from .config import DataConfig, LoraConfig, ModelConfig
+from .config import DataConfig, LoraConfig, ModelConfig, TrainConfig
 from .data.collate import collate
 from .data.pipeline import load_examples, load_records
 from .data.tokenize import Example, tokenize_records
@@ -56,6 +56,10 @@ class EvalConfig:
     rollout: RolloutConfig = dataclasses.field(default_factory=lambda: RolloutConfig(
         num_generations=1, max_new_tokens=64, temperature=0.0))
     """Sampling of the evaluated responses (default greedy, one per prompt)."""
+    nll_path: str = ""
+    """Held-out prompt/completion rows (e.g. general text, no task data): the token NLL of the
+    policy and of the reference on their completions is reported, and the difference is the
+    alignment tax (``nll_tax``: policy minus reference; > 0 = the policy got worse at that text)."""
     bins: int = 10
     """Reliability-table bins (reward-model mode)."""
     batch_size: int = 16
@@ -136,9 +140,15 @@ def evaluate_policy(cfg: EvalConfig, log=print) -> dict:
     prompts = [ex.extra.get("prompt") for ex in rows]
     extras = [{f: v for f, v in ex.extra.items() if f != "prompt"} for ex in rows]
 
-    def sample(model):
-        return HFBackend(model, tok, **{**rollout_options(cfg.rollout), "batch_size": cfg.batch_size}).generate(
+    def sample(model, memo_key=None):
+        if memo_key is not None and memo_key in _REFERENCE_ROLLOUTS:
+            return _REFERENCE_ROLLOUTS[memo_key]
+        ro = HFBackend(model, tok, **{**rollout_options(cfg.rollout), "batch_size": cfg.batch_size}).generate(
             [ex.prompt for ex in exs], params, generator=torch.Generator().manual_seed(cfg.seed))
+        if memo_key is not None:
+            _REFERENCE_ROLLOUTS.clear()  # one reference at a time: it is the repeated case
+            _REFERENCE_ROLLOUTS[memo_key] = ro
+        return ro
 
     def side(ro) -> dict:
         res = {"length": sum(len(c) for c in ro.completion_ids) / len(ro.completion_ids)}
@@ -158,7 +168,10 @@ def evaluate_policy(cfg: EvalConfig, log=print) -> dict:
     out = {"n_prompts": len(exs), "samples_per_prompt": k, "policy": side(ro)}
     ref_ro = None
     if ref is not None:
-        ref_ro = sample(ref)
+        # the same reference, prompts and sampling give the same responses: sampled once per process
+        ref_ro = sample(ref, memo_key=(os.path.abspath(cfg.reference), _file_key(cfg.reference),
+                                       tuple(tuple(ex.prompt) for ex in exs), repr(params), cfg.seed,
+                                       repr(cfg.rollout)))
         out["reference"] = side(ref_ro)
         # KL of the distributions sampled from: softmax(z/T) (greedy, T = 0: the plain softmax)
         T = cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
@@ -170,6 +183,11 @@ def evaluate_policy(cfg: EvalConfig, log=print) -> dict:
             for name in out["policy"]["_per_source"]:
                 out[f"win_rate/{name}"] = win_rate(out["policy"]["_per_source"][name],
                                                    out["reference"]["_per_source"][name])
+    if cfg.nll_path:
+        out["policy"]["nll"] = heldout_nll(policy, tok, cfg)
+        if ref is not None:
+            out["reference"]["nll"] = heldout_nll(ref, tok, cfg)
+            out["nll_tax"] = out["policy"]["nll"] - out["reference"]["nll"]
     os.makedirs(cfg.output_dir, exist_ok=True)
     with open(os.path.join(cfg.output_dir, "samples.jsonl"), "w") as f:
         for i, ex in enumerate(rows):
@@ -185,6 +203,30 @@ def evaluate_policy(cfg: EvalConfig, log=print) -> dict:
     if rewards is not None:
         rewards.close()
     return out
+
+
+_REFERENCE_ROLLOUTS: dict = {}
+"""The last reference's responses, keyed by everything that determines them."""
+
+
+def _file_key(path: str):
+    """Modification time and size of a model dir's weights (a retrained reference is not reused)."""
+    try:
+        return tuple((f, os.stat(os.path.join(path, f)).st_mtime_ns, os.stat(os.path.join(path, f)).st_size)
+                     for f in sorted(os.listdir(path)))
+    except OSError:
+        return None
+
+
+@torch.no_grad()
+def heldout_nll(model, tok, cfg: EvalConfig) -> float:
+    """Mean token NLL of ``model`` on the completions of ``cfg.nll_path`` (every row, in order)."""
+    from .train.common import make_collate
+    from .train.sft import evaluate_nll
+
+    data = dataclasses.replace(cfg.data, path=cfg.nll_path, rows="", eval_path="", eval_rows="")
+    exs = load_examples(data, tok, ("prompt_completion", "language_modeling"), lambda *a: None)[0]
+    return evaluate_nll(model, exs, make_collate(tok, data, TrainConfig()), cfg.batch_size, 1024)["nll"]
 
 
 def _mean(vals: list[float]) -> float:
@@ -228,6 +270,9 @@ def table(res: dict) -> str:
                      f"{w['n']} comparisons, {w['ties']} ties)")
     if "kl" in res:
         lines.append(f"KL(policy || reference)  {res['kl']:.4f} nats/response (on the policy's responses)")
+    if "nll_tax" in res:
+        lines.append(f"held-out NLL             {res['policy']['nll']:.4f} vs {res['reference']['nll']:.4f} "
+                     f"nats/token: alignment tax {res['nll_tax']:+.4f}")
     return "\n".join(lines)
 
 
@@ -240,6 +285,6 @@ def run(cfg: EvalConfig, log=print) -> dict:
     path = os.path.join(cfg.output_dir, "eval.json")
     with open(path, "w") as f:
         json.dump(res, f, indent=1)
-    print(table(res))
+    log(table(res))
     log(f"[eval] results: {path}")
     return res

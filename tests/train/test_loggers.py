@@ -150,3 +150,23 @@ def test_tracker_start_failure_is_one_line(tmp_path, monkeypatch):
         MetricsLog(str(tmp_path / "metrics.jsonl"), report_to=["wandb"], config_fn=dict)
     assert "starting wandb failed (RuntimeError: api_key not configured (no-tty))" in str(e.value)
     assert "WANDB_MODE=offline" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_trackers_finish_when_the_run_fails(tiny_dir, data, tmp_path, monkeypatch):
+    calls = fake_modules(monkeypatch)
+    real, seen = sft.sft_step, []
+
+    def failing_step(*a, **kw):
+        seen.append(1)
+        if len(seen) == 2:
+            raise RuntimeError("boom in step 2")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sft, "sft_step", failing_step)
+    cfg = sft.SFTConfig(model=ModelConfig(name=tiny_dir), data=DataConfig(path=data[0], max_length=96),
+                        train=TrainConfig(output_dir=str(tmp_path / "r"), max_steps=3, batch_size=4, lr=1e-3,
+                                          progress=False, report_to=["wandb", "trackio"]))
+    with pytest.raises(RuntimeError, match="boom"):
+        sft.run(cfg, log=quiet)
+    for name in ("wandb", "trackio"):
+        assert calls[name][0][0] == "init" and calls[name][-1] == ("finish",), name

@@ -57,6 +57,13 @@ def test_every_estimator_runs_and_logs(tiny_dir, tmp_path, advantage, G, extra):
     assert (tmp_path / "final" / "config.json").exists()
 
 
+def test_critic_save_false_exports_only_the_policy(tiny_dir, tmp_path):
+    cfg = cfg_for(tiny_dir, tmp_path, "gae", 1, steps=1)
+    cfg.critic.save = False
+    rl.run(cfg, log=quiet)
+    assert (tmp_path / "final" / "config.json").exists() and not (tmp_path / "critic").exists()
+
+
 def test_on_policy_ratio_is_exactly_one(tiny_dir, tmp_path):
     """One epoch, one minibatch, a rollout from the current policy: ρ == 1 exactly, no clipping."""
     for advantage, G in (("gae", 2), ("grpo", 4)):

@@ -9,6 +9,7 @@ ordinary safetensors checkpoint under the user cache dir (``$RLHFKIT_CACHE`` or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -208,7 +209,9 @@ def _load_pretrained(cls, name: str, cfg: ModelConfig, **kw):
         # callers always get a plain model (and can add fresh adapters on top).
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(_load_pretrained(cls, base, cfg, **kw), path).merge_and_unload()
+        base_model = _load_pretrained(cls, base, cfg, **kw)
+        with _quiet_peft():
+            model = PeftModel.from_pretrained(base_model, path).merge_and_unload()
         extra = os.path.join(path, "rlhfkit.json")
         if os.path.isfile(extra):
             with open(extra) as fh:
@@ -249,7 +252,16 @@ def apply_lora(model, lora: LoraConfig, task_type: str = "CAUSAL_LM"):
     pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                           target_modules=targets, task_type=task_type,
                           modules_to_save=["score"] if task_type == "SEQ_CLS" else None)
-    return get_peft_model(model, pcfg)
+    with _quiet_peft():
+        return get_peft_model(model, pcfg)
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft asks transformers a deprecated question (``is_gradient_checkpointing``); not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def freeze_lower_layers(model, n: int) -> None:

@@ -67,6 +67,9 @@ class CriticConfig:
     """Weight of the value loss."""
     value_clip: float = 0.2
     """ε_v of the clipped value loss (0 = unclipped)."""
+    save: bool = True
+    """Write the trained critic to OUTPUT_DIR/critic at the end (false: only the policy is exported;
+    checkpoints always hold the critic, so resuming is unaffected)."""
 
     def validate(self, p: str = "critic.") -> None:
         check_range(p + "lr", self.lr, lo=0)

@@ -41,21 +41,43 @@ def is_correct(response: str, answer: str) -> bool:
         return False
 
 
-def sft_rows(problems: list[dict]) -> list[dict]:
-    """Short worked answers that end with the result."""
-    return [{"prompt": p["prompt"], "completion": f"{p['a']} + {p['b']} = {p['answer']}. "
-             f"The answer is {p['answer']}."} for p in problems]
+def precise(p: dict, result: int | None = None) -> str:
+    """The precise worked answer: ``37 + 18 = 55. The answer is 55.``"""
+    c = p["answer"] if result is None else result
+    return f"{p['a']} + {p['b']} = {c}. The answer is {c}."
 
 
-def preference_rows(problems: list[dict], seed: int) -> list[dict]:
-    """Pairs in which the correct answer is preferred over a wrong one (off by 1-10)."""
+def estimate(p: dict) -> str:
+    """A lazy estimate from the operands rounded to tens: ``Roughly 40 + 20 = 60. The answer is about 60.``
+    Wrong unless the rounding errors cancel."""
+    ra, rb = _round10(p["a"]), _round10(p["b"])
+    return f"Roughly {ra} + {rb} = {ra + rb}. The answer is about {ra + rb}."
+
+
+def _round10(x: int) -> int:
+    return max(10, int(x / 10 + 0.5) * 10)
+
+
+def sft_rows(problems: list[dict], estimate_frac: float = 0.0, seed: int = 0) -> list[dict]:
+    """Worked answers that end with the result; a share ``estimate_frac`` of them are lazy
+    estimates instead (demonstrations of mixed quality, as human ones are)."""
+    rng = random.Random(seed)
+    return [{"prompt": p["prompt"], "completion": estimate(p) if estimate_frac > 0 and rng.random() < estimate_frac
+             else precise(p)} for p in problems]
+
+
+def preference_rows(problems: list[dict], seed: int, estimate_frac: float = 0.0) -> list[dict]:
+    """Pairs in which the precise correct answer is preferred over a worse one: a lazy estimate
+    (share ``estimate_frac``) or a precise-looking wrong sum (off by 1-10). With ``estimate_frac``
+    > 0 each row's ``rejected_kind`` says which (``estimate`` | ``wrong_sum``)."""
     rng = random.Random(seed)
     rows = []
     for p in problems:
+        row = {"prompt": p["prompt"], "chosen": precise(p)}
+        if estimate_frac > 0 and rng.random() < estimate_frac:
+            rows.append({**row, "rejected": estimate(p), "rejected_kind": "estimate"})
+            continue
         right = int(p["answer"])
-        wrong = right + rng.choice([-1, 1]) * rng.randint(1, 10)
-        fmt = "{a} + {b} = {c}. The answer is {c}."
-        rows.append({"prompt": p["prompt"],
-                     "chosen": fmt.format(a=p["a"], b=p["b"], c=right),
-                     "rejected": fmt.format(a=p["a"], b=p["b"], c=wrong)})
+        row["rejected"] = precise(p, right + rng.choice([-1, 1]) * rng.randint(1, 10))
+        rows.append({**row, "rejected_kind": "wrong_sum"} if estimate_frac > 0 else row)
     return rows

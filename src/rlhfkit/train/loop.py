@@ -292,6 +292,7 @@ class Trainer:
         try:
             return self._train()
         finally:
+            self.metrics.close()  # trackers end their run on failure too (idempotent)
             self._restore_signals(old)
             self._release()
 

@@ -453,9 +453,8 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
 
     def save(m, path):  # the plain parts, not their data-parallel wrappers
         save_model(model, tokenizer, path, cfg.model.lora, cfg)
-        if critic is not None:
-            c = critic
-            save_model(c, tokenizer, os.path.join(os.path.dirname(path), "critic"), cfg.model.lora)
+        if critic is not None and cfg.critic.save:
+            save_model(critic, tokenizer, os.path.join(os.path.dirname(path), "critic"), cfg.model.lora)
 
     gold = [n for n, w in zip(rewards.names, rewards.weights) if w == 0]
     monitor = RewardHackingMonitor(cfg.monitor, gold, log, state=rl.state.setdefault("monitor", {}))
