@@ -94,7 +94,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
 
     if threads:
         torch.set_num_threads(threads)
-    n_sft, n_rm, n_eval = (16, 32, 16) if fast else (96, 256, 48)
+    n_sft, n_rm, n_eval = (16, 32, 16) if fast else (96, 192, 48)
     probs = make_problems(n_sft + n_rm + 2 * n_eval, seed=1234)
     sft_p, rm_p = probs[:n_sft], probs[n_sft:n_sft + n_rm]
     eval_p, rm_eval_p = probs[n_sft + n_rm:n_sft + n_rm + n_eval], probs[n_sft + n_rm + n_eval:]
@@ -190,7 +190,9 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
         evals[stage] = evaluate.run(evaluate.EvalConfig(
             model=ModelConfig(name=f"{out}/{stage}/final"), reference="smollm2-135m",
             data=DataConfig(path=paths["prompts_eval"], max_length=256),
-            rewards=["arithmetic", f"model:{out}/rm/final*0"], output_dir=f"{out}/eval/{stage}",
+            # the reward model judges the policies it did not train (PPO optimised it)
+            rewards=["arithmetic"] + ([f"model:{out}/rm/final*0"] if stage != "ppo" else []),
+            output_dir=f"{out}/eval/{stage}",
             rollout=RolloutConfig(num_generations=k, max_new_tokens=32, temperature=1.0), seed=7,
             nll_path=paths["general_eval"]), log=log)
         stage_s[f"eval {stage}"] = _lap()
