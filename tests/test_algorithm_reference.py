@@ -5,7 +5,7 @@ import pathlib
 import re
 
 from rlhfkit.losses import kl, listwise, policy, reward, sft, unpaired
-from rlhfkit.losses.preference import PREFERENCE_LOSSES
+from rlhfkit.losses.preference import PREFERENCE_LOSSES, rpo_nll
 from rlhfkit.rl.advantages import ADVANTAGES
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "algorithms.md"
@@ -20,7 +20,7 @@ def test_every_loss_and_estimator_cites_an_existing_entry():
     fns = list(PREFERENCE_LOSSES.values()) + list(ADVANTAGES.values()) + [
         listwise.plackett_luce_loss, reward.bradley_terry_loss, reward.listwise_bt_loss,
         unpaired.kto_loss, sft.sft_loss, policy.clipped_surrogate, policy.sequence_clipped_surrogate,
-        policy.clipped_value_loss, policy.aggregate, kl.kl_estimate]
+        policy.clipped_value_loss, policy.aggregate, kl.kl_estimate, rpo_nll]
     anchors = _anchors()
     missing = []
     for fn in fns:

@@ -3,9 +3,9 @@
 Offline and CPU-only: the data is generated here (arithmetic problems), the model is the
 embedded SmolLM2-135M-Instruct. The demonstrations are of mixed quality, as human ones are:
 60 % precise worked answers ("37 + 18 = 55. The answer is 55."), 40 % lazy estimates
-("Roughly 40 + 20 = 60. The answer is about 60."). Stages: SFT on them; DPO from the SFT model
-on pairs that prefer the precise correct answer over an estimate (85 %) or a precise-looking
-wrong sum; a reward model on the same kind of pairs (LoRA adapters and a scalar head on the
+("Roughly 40 + 20 = 60. The answer is about 60."). Stages: SFT on them; DPO (with the RPO
+NLL term) from the SFT model on pairs that prefer the precise correct answer over an estimate
+(85 %) or a precise-looking wrong sum; a reward model on the same kind of pairs (LoRA adapters and a scalar head on the
 SFT model, as in InstructGPT); PPO from the SFT model with that reward model as the reward
 (critic initialised from it, frozen SFT model as the KL reference), the verifier's exact match
 logged beside it as a gold reward (weight 0) so reward-model gaming shows. Then every trained
@@ -40,7 +40,7 @@ SFT_ESTIMATES = 0.4
 """Share of the SFT demonstrations that are lazy estimates instead of the precise sum."""
 PAIR_ESTIMATES = 0.85
 """Share of the preference pairs whose rejected reply is a lazy estimate (the rest: a wrong sum)."""
-EVAL_SAMPLES = 2
+EVAL_SAMPLES = 1
 """Sampled responses per held-out prompt in the closing comparison."""
 
 
@@ -94,7 +94,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
 
     if threads:
         torch.set_num_threads(threads)
-    n_sft, n_rm, n_eval = (16, 32, 16) if fast else (96, 192, 48)
+    n_sft, n_rm, n_eval = (16, 32, 16) if fast else (96, 256, 48)
     probs = make_problems(n_sft + n_rm + 2 * n_eval, seed=1234)
     sft_p, rm_p = probs[:n_sft], probs[n_sft:n_sft + n_rm]
     eval_p, rm_eval_p = probs[n_sft + n_rm:n_sft + n_rm + n_eval], probs[n_sft + n_rm + n_eval:]
@@ -132,7 +132,8 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
     dpo_cfg = dpo.DPOConfig(
         data=DataConfig(path=paths["rm"], eval_path=paths["rm_eval"], max_length=256),
         train=TrainConfig(output_dir=f"{out}/dpo", overwrite=True, epochs=1, batch_size=8, lr=1e-5,
-                          warmup_ratio=0.1, eval_batch_size=16), beta=0.1)
+                          warmup_ratio=0.1, eval_batch_size=16), beta=0.1,
+        rpo_alpha=1.0)  # + the chosen answers' NLL: keeps them likely while the pair is pushed apart
     res = dpo.run(dpo_cfg, log=log, model=model, tokenizer=tok)
     stage_s["dpo"] = _lap()
     rows += [("dpo", "held-out implicit-reward accuracy", res["initial"]["eval/reward_accuracy"],
@@ -184,7 +185,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
     # which is reported only for policies it did not train (PPO optimised it). Responses are
     # sampled at temperature 1, the policy's own distribution; the KL column is the sampled
     # estimate mean[log pi(y|x) - log pi_start(y|x)] on the policy's responses.
-    k = 1 if fast else EVAL_SAMPLES
+    k = EVAL_SAMPLES
     evals = {}
     for stage in ("sft", "dpo", "ppo"):
         evals[stage] = evaluate.run(evaluate.EvalConfig(

@@ -431,3 +431,13 @@ def test_register_new_loss():
         PREFERENCE_LOSSES.pop("_test_zero")
     with pytest.raises(ConfigError):
         get_preference_loss("_test_zero")
+
+
+def test_rpo_nll_hand_values():
+    from rlhfkit.losses.preference import rpo_nll
+
+    b = PairLogps(torch.tensor([-4.0, -9.0]), torch.tensor([-1.0, -1.0]), None, None,
+                  torch.tensor([2.0, 3.0]), torch.tensor([1.0, 1.0]))
+    term, m = rpo_nll(b, 0.5)
+    assert term.tolist() == pytest.approx([1.0, 1.5])  # 0.5 * (4/2), 0.5 * (9/3)
+    assert m["rpo_nll"] == pytest.approx(2.5)

@@ -147,3 +147,31 @@ def test_kto_from_pairs(tiny_dir, pairs, tmp_path):
     assert first["train/loss"] == pytest.approx(0.5, abs=1e-6)
     assert "train/kl" in first
     assert math.isfinite(t._train_step(1)["train/loss"])
+
+
+def test_rpo_alpha_adds_the_chosen_nll(tiny_dir, tok, pairs, tmp_path):
+    import json
+
+    from rlhfkit.data.tokenize import Renderer
+    from rlhfkit.models.loading import load_model
+
+    t = dpo.build(cfg_for(tiny_dir, pairs, tmp_path, rpo_alpha=0.5, train={"batch_size": 16}), log=quiet)
+    first = t._train_step(0)  # all 16 pairs in one step; policy == reference, so DPO's part is log 2
+    model, r = load_model(tiny_dir)[0].eval(), Renderer(tok)
+    nlls = []
+    for i, line in enumerate(open(pairs["train"])):
+        ex = r.example({"kind": "preference", "row": i, **json.loads(line)})
+        ids, p, c = ex.prompt + ex.completions[0], len(ex.prompt), ex.completions[0]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        nlls.append(-sum(float(logp[p - 1 + j, tk]) for j, tk in enumerate(c)) / len(c))
+    assert first["train/loss"] == pytest.approx(math.log(2) + 0.5 * sum(nlls) / len(nlls), rel=1e-4)
+    assert first["train/rpo_nll"] == pytest.approx(sum(nlls) / len(nlls), rel=1e-4)
+
+
+@pytest.mark.parametrize("loss_type", ["orpo", "plackett_luce"])
+def test_rpo_alpha_refused_where_it_does_not_apply(tiny_dir, pairs, tmp_path, loss_type):
+    with pytest.raises(ConfigError, match="rpo_alpha"):
+        dpo.validate(cfg_for(tiny_dir, pairs, tmp_path, loss_type, rpo_alpha=1.0))
+    with pytest.raises(ConfigError, match="rpo_alpha"):
+        dpo.validate(cfg_for(tiny_dir, pairs, tmp_path, rpo_alpha=-1.0))

@@ -365,3 +365,15 @@ def f_divergence_loss(batch: PairLogps, *, beta: float, f_divergence: str = "rev
     h_w, h_l = _log_ratios(batch)
     logits = beta * (f_prime(h_w, f_divergence, f_alpha) - f_prime(h_l, f_divergence, f_alpha))
     return -F.logsigmoid(logits), _dpo_metrics(batch, beta, h_w, h_l)
+
+
+def rpo_nll(batch: PairLogps, rpo_alpha: float) -> tuple[Tensor, dict]:
+    """The RPO term added to any pair loss: α·NLL(y_w) = −α·log π(y_w|x)/|y_w| per pair
+    (Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1: the
+    length-normalised NLL of the chosen response). It keeps the chosen responses likely while
+    the preference term pushes the pair apart, the usual guard against DPO lowering both.
+
+    See docs/algorithms.md#rpo.
+    """
+    nll = -batch.policy_chosen / batch.chosen_len.clamp(min=1)
+    return rpo_alpha * nll, {"rpo_nll": _mean(nll)}

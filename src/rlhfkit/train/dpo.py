@@ -23,7 +23,7 @@ from ..data.tokenize import Example
 from ..errors import ConfigError, DataError
 from ..losses.listwise import plackett_luce_loss
 from ..losses.preference import (F_DIVERGENCES, PREFERENCE_LOSSES, PairLogps, get_preference_loss,
-                                loss_parameters, needs_reference)
+                                loss_parameters, needs_reference, rpo_nll)
 from ..models.forward import completion_logprobs, lm_head, segment_sum
 from ..models.loading import load_model
 from ..models.logprobs import chunked_token_kl
@@ -65,6 +65,9 @@ class DPOConfig:
     """TDPO2: weight α of the sequential-KL difference."""
     lipo_lambda: bool = False
     """plackett_luce: LiPO-λ (pairwise logistic loss with LambdaRank ΔNDCG weights)."""
+    rpo_alpha: float = 0.0
+    """RPO: weight α of the chosen responses' length-normalised NLL added to the pair loss
+    (0 = off; TRL's rpo_alpha; any pair loss except orpo, which has its own NLL term)."""
     reference: str = "auto"
     """auto | precompute | adapters | model | none (auto: none for reference-free losses,
     adapters with LoRA, model for tdpo, else precompute)."""
@@ -118,6 +121,11 @@ def validate(cfg: DPOConfig) -> None:
     check_range("orpo_lambda", cfg.orpo_lambda, lo=0)
     check_range("f_alpha", cfg.f_alpha, lo=0, hi=1, lo_open=True, hi_open=True)
     check_range("tdpo_alpha", cfg.tdpo_alpha, lo=0)
+    check_range("rpo_alpha", cfg.rpo_alpha, lo=0)
+    if cfg.rpo_alpha > 0 and cfg.loss_type in ("orpo", "plackett_luce"):
+        raise ConfigError(f"rpo_alpha adds an NLL term to pair losses; loss_type={cfg.loss_type} "
+                          + ("already has one (orpo_lambda sets its balance)" if cfg.loss_type == "orpo"
+                             else "ranks lists (use a pair loss, or rpo_alpha 0)"))
     if cfg.f_divergence not in F_DIVERGENCES:
         raise ConfigError(f"f_divergence must be one of {', '.join(F_DIVERGENCES)}, got '{cfg.f_divergence}'")
     if cfg.tdpo_variant not in (1, 2):
@@ -159,6 +167,9 @@ def dpo_step(model, batch, ref: Reference, cfg: DPOConfig, chunk: int):
 
     pairs = PairLogps(*pick(out.seq_logps), *pick(ref_seq), *pick(out.seq_tokens), *pick(seq_kl))
     loss, m = get_preference_loss(cfg.loss_type)(pairs, beta=cfg.beta, **loss_params(cfg))
+    if cfg.rpo_alpha > 0:
+        nll, extra = rpo_nll(pairs, cfg.rpo_alpha)
+        loss, m = loss + nll, {**m, **extra}
     return loss.sum(), m
 
 
