@@ -58,9 +58,11 @@ def test_quickstart_fast_learns(tmp_path):
     assert (tmp_path / "qs" / "rm" / "final" / "adapter_config.json").exists()  # LoRA: a few MB
     # the three-stage pipeline ends with PPO on the reward model; its rows are measured values
     for metric in ("held-out reward-model score (sampled)", "held-out exact match (sampled)",
-                   "held-out exact match (greedy)", "KL to the SFT model (sampled, nats/response)"):
+                   "training rollouts: reward-model score (first / last 3 steps)",
+                   "training rollouts: KL to the SFT model (first / last 3 steps, nats/response)"):
         r = rows["ppo", metric]
         assert r["before"] == r["before"] and r["after"] == r["after"]  # not NaN
+    assert rows["ppo", "held-out exact match (sampled)"]["before"] == s["eval"]["sft"]["policy"]["reward/arithmetic"]
     assert (tmp_path / "qs" / "ppo" / "final" / "config.json").exists()
     assert not (tmp_path / "qs" / "ppo" / "critic").exists()  # critic.save false
     # the closing evaluation: every trained policy against the starting model

@@ -170,3 +170,21 @@ def test_trackers_finish_when_the_run_fails(tiny_dir, data, tmp_path, monkeypatc
         sft.run(cfg, log=quiet)
     for name in ("wandb", "trackio"):
         assert calls[name][0][0] == "init" and calls[name][-1] == ("finish",), name
+
+
+def test_online_dpo_is_one_tracker_run(tiny_dir, tmp_path, monkeypatch, length_reward):
+    from rlhfkit.train import online_dpo
+
+    calls = fake_modules(monkeypatch)
+    cfg = online_dpo.OnlineDPOConfig(
+        model=ModelConfig(name=tiny_dir), task="arithmetic", task_size=8, task_eval_size=2,
+        rewards=[length_reward], rounds=2, prompts_per_round=4, eval_samples=0,
+        train=TrainConfig(output_dir=str(tmp_path / "od"), batch_size=4, lr=1e-3, progress=False,
+                          warmup_ratio=0.0, lr_scheduler="constant", report_to=["wandb"]))
+    cfg.rollout.num_generations, cfg.rollout.max_new_tokens = 2, 4
+    online_dpo.run(cfg, log=quiet)
+    c = calls["wandb"]
+    assert [x[0] for x in c].count("init") == 1 and c[-1] == ("finish",)
+    assert c[0][1]["config"]["rounds"] == 2
+    logs = [x for x in c if x[0] == "log"]
+    assert [s for _, s, _ in logs] == [0, 1, 2] and all("eval/greedy/reward" in m for _, _, m in logs)

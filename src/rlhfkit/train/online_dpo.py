@@ -28,7 +28,7 @@ import os
 
 import torch
 
-from ..config import DataConfig, ModelConfig, TrainConfig
+from ..config import DataConfig, ModelConfig, TrainConfig, to_dict
 from ..data.tokenize import Example
 from ..errors import ConfigError
 from ..models.forward import unwrap
@@ -41,6 +41,7 @@ from .checkpoint import latest_checkpoint, load_state, save_state
 from .completions import CompletionLog
 from .export import save_final
 from .loop import start_run
+from .trackers import open_trackers
 
 
 @dataclasses.dataclass
@@ -115,6 +116,17 @@ def run(cfg: OnlineDPOConfig, log=print) -> dict:
     if cfg.rounds < 1 or cfg.prompts_per_round < 1 or cfg.rollout.num_generations < 2:
         raise ConfigError("online DPO needs rounds >= 1, prompts_per_round >= 1 and "
                           "rollout.num_generations >= 2 (a pair needs two responses)")
+    # one tracker run for the whole online run (each round's DPO trainer logs only to its own dir)
+    os.makedirs(cfg.train.output_dir, exist_ok=True)
+    trackers = open_trackers(cfg.train.report_to, cfg.train.output_dir, lambda: to_dict(cfg))
+    try:
+        return _rounds(cfg, log, trackers)
+    finally:
+        for t in trackers:
+            t.close()
+
+
+def _rounds(cfg: OnlineDPOConfig, log, trackers: list) -> dict:
     cfg.rewards = [reward_config_from(r) for r in cfg.rewards]
     rewards = build_rewards(cfg.rewards)
     model, tok = load_model(cfg.model)
@@ -146,6 +158,8 @@ def run(cfg: OnlineDPOConfig, log=print) -> dict:
         history.append(rec)
         with open(log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
+        for t in trackers:
+            t.log(rec["round"], {k: v for k, v in rec.items() if k != "round"})
         log(f"[online-dpo] round {rec['round']}: " + ", ".join(
             f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)))
 
@@ -176,6 +190,7 @@ def run(cfg: OnlineDPOConfig, log=print) -> dict:
             dcfg = dpo.DPOConfig(model=cfg.model, data=cfg.data, loss_type=cfg.loss_type, beta=cfg.beta,
                                  reference="model" if fixed_ref is not None else "auto",
                                  train=dataclasses.replace(cfg.train, output_dir=rdir, eval_steps=0, resume=cont,
+                                                           report_to=[],
                                                            overwrite=cfg.train.overwrite or (again and not cont)))
             trainer = dpo.build(dcfg, log=log, model=model, tokenizer=tok, examples=(pairs, []),
                                 ref_model=fixed_ref)
