@@ -17,7 +17,7 @@ def _anchors() -> set[str]:
 
 
 def test_every_loss_and_estimator_cites_an_existing_entry():
-    fns = list(PREFERENCE_LOSSES.values()) + list(ADVANTAGES.values()) + [
+    fns = list(PREFERENCE_LOSSES.values()) + [a.fn for a in ADVANTAGES.values()] + [
         listwise.plackett_luce_loss, reward.bradley_terry_loss, reward.listwise_bt_loss,
         unpaired.kto_loss, sft.sft_loss, policy.clipped_surrogate, policy.sequence_clipped_surrogate,
         policy.clipped_value_loss, policy.aggregate, kl.kl_estimate, rpo_nll]

@@ -441,3 +441,12 @@ def test_rpo_nll_hand_values():
     term, m = rpo_nll(b, 0.5)
     assert term.tolist() == pytest.approx([1.0, 1.5])  # 0.5 * (4/2), 0.5 * (9/3)
     assert m["rpo_nll"] == pytest.approx(2.5)
+    # gradient: d(alpha * -lp / len) / d lp = -alpha / len; the rejected side gets none
+    lp = torch.tensor([-4.0, -9.0], requires_grad=True)
+    rej = torch.tensor([-1.0, -1.0], requires_grad=True)
+    rpo_nll(PairLogps(lp, rej, None, None, torch.tensor([2.0, 3.0]), torch.tensor([1.0, 1.0])), 0.5)[0].sum().backward()
+    assert lp.grad.tolist() == pytest.approx([-0.25, -0.5 / 3]) and rej.grad is None
+    # an empty batch: no terms, no NaN in the metric
+    e = torch.zeros(0)
+    term, m = rpo_nll(PairLogps(e, e, None, None, e, e), 1.0)
+    assert term.numel() == 0 and m["rpo_nll"] == m["rpo_nll"]

@@ -357,5 +357,52 @@ def test_all_estimators_finite_on_degenerate_batch(name):
 
 
 def test_unknown_estimator_raises():
-    with pytest.raises(ValueError, match="nope"):
+    from rlhfkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="got 'nope'"):
         compute_advantages("nope", AdvantageInputs(mask=t([[1.0]]), scores=t([1.0])))
+
+
+# --------------------------------------------------------------------------- the registry's specs
+
+
+def test_specs_carry_the_rules_the_recipe_reads():
+    from rlhfkit.rl.advantages import get_advantage
+
+    gae_, grpo_, rloo_ = get_advantage("gae"), get_advantage("grpo"), get_advantage("rloo")
+    assert gae_.needs_critic and gae_.whiten and gae_.token_rewards and gae_.run_name == "ppo"
+    assert (grpo_.min_group, grpo_.kl_in, grpo_.importance) == (2, "loss", "token")
+    assert (rloo_.min_group, rloo_.kl_in, rloo_.importance) == (2, "reward", "sequence")
+    assert get_advantage("reinforce_pp").token_rewards and not get_advantage("reinforce_baseline").token_rewards
+    assert [n for n, s in ADVANTAGES.items() if s.needs_critic] == ["gae"]
+
+
+def test_unknown_estimator_lists_the_valid_names():
+    from rlhfkit.errors import ConfigError
+    from rlhfkit.rl.advantages import get_advantage
+
+    with pytest.raises(ConfigError, match="did you mean 'grpo'") as e:
+        get_advantage("grop")
+    assert all(n in str(e.value) for n in ADVANTAGES)
+
+
+def test_a_registered_estimator_is_checked_by_its_spec(monkeypatch):
+    from rlhfkit.errors import ConfigError
+    from rlhfkit.rl import advantages
+    from rlhfkit.rl.config import RLConfig, importance_level, kl_placement, validate
+
+    monkeypatch.setattr(advantages, "ADVANTAGES", dict(advantages.ADVANTAGES))
+
+    @advantages.register_advantage("triples", min_group=3, kl_in="loss", importance="sequence")
+    def _triples(x):
+        return advantages._broadcast(x.scores, x.mask), None
+
+    cfg = RLConfig(advantage="triples", loss_agg="grpo")
+    cfg.rollout.num_generations = 2
+    with pytest.raises(ConfigError, match="num_generations >= 3"):
+        validate(cfg)
+    cfg.rollout.num_generations = 3
+    validate(cfg)
+    assert kl_placement(cfg) == "loss" and importance_level(cfg) == "sequence"
+    with pytest.raises(ValueError, match="registered twice"):
+        advantages.register_advantage("triples")(_triples)

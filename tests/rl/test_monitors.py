@@ -94,3 +94,8 @@ def test_length_hacking_reward_trips_the_length_monitor(tiny_dir, tmp_path, leng
     best = json.load(open(out / "best.json"))
     evals = [r for r in recs if "eval/sampled/reward" in r]
     assert best["value"] == pytest.approx(max(r["eval/sampled/reward"] for r in evals))
+    # best/ has its own model card: the step it was kept at, not the run's last
+    card = (out / "best" / "README.md").read_text()
+    assert f"| step | {best['step']} of " in card
+    assert f"| step | {best['step']} of " not in (out / "final" / "README.md").read_text() or \
+        best["step"] == steps[-1]["step"]

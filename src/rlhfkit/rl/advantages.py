@@ -6,7 +6,11 @@ sequence-level rewards; ``token_rewards`` (N, T) are per-token rewards (the KL p
 every token plus the score on the last one) for the estimators that read them.
 
 Every estimator returns ``(advantages (N, T), returns (N, T) or None)`` with zeros outside
-the mask. Select one with ``advantage:`` in the RL recipe:
+the mask. Each is registered with its :class:`AdvantageSpec` — ``@register_advantage("grpo",
+min_group=2, kl_in="loss")`` — and the RL recipe reads from the spec whether to build a critic,
+how many samples per prompt it needs, where the KL penalty goes and the importance level by
+default, whether it reads per-token rewards and whether its output is whitened. Select one with
+``advantage:`` in the RL recipe:
 
 ==================  ============================================================
 gae                 GAE(γ, λ) with a critic (PPO); returns = A + V
@@ -38,6 +42,54 @@ class AdvantageInputs:
     scale: bool = True                    # grpo: divide by the group std
     eps: float = 1e-4
     reduce: Callable[[Tensor], Tensor] | None = None  # data parallel: sum over processes
+
+
+@dataclass(frozen=True)
+class AdvantageSpec:
+    """An estimator and what it needs: the rules the RL recipe reads from here instead of
+    lists of names (a new estimator is one decorated function)."""
+
+    name: str
+    fn: Callable[[AdvantageInputs], tuple[Tensor, Tensor | None]]
+    needs_critic: bool = False
+    """Reads critic values V(s_t) (PPO's GAE): the recipe builds and trains a critic."""
+    min_group: int = 1
+    """Samples per prompt it needs (group baselines compare the samples of a prompt)."""
+    kl_in: str = "reward"
+    """Where the KL penalty goes by default (``kl_in: auto``): 'reward' (per-token reward) or 'loss'."""
+    importance: str = "token"
+    """Default importance level (``importance_level: auto``): one ratio per 'token' or per 'sequence'."""
+    token_rewards: bool = False
+    """Reads per-token rewards (the KL penalty on every token plus the score on the last one)."""
+    whiten: bool = False
+    """Advantages are whitened over the batch afterwards when ``whiten_advantages`` is on."""
+    run_name: str = ""
+    """Progress-bar and log prefix of the recipe (default: the estimator's name)."""
+
+
+ADVANTAGES: dict[str, AdvantageSpec] = {}
+
+
+def register_advantage(name: str, **spec):
+    """Register ``fn(AdvantageInputs) -> (advantages, returns | None)`` under ``name`` with its
+    :class:`AdvantageSpec` fields."""
+    def deco(fn):
+        if name in ADVANTAGES:
+            raise ValueError(f"advantage estimator '{name}' is registered twice")
+        ADVANTAGES[name] = AdvantageSpec(name, fn, **spec)
+        return fn
+    return deco
+
+
+def get_advantage(name: str) -> AdvantageSpec:
+    """The spec of ``name``; an unknown name is a ConfigError listing the valid ones."""
+    if name not in ADVANTAGES:
+        from ..config import did_you_mean
+        from ..errors import ConfigError
+
+        raise ConfigError(f"advantage must be one of {sorted(ADVANTAGES)}, got '{name}'"
+                          f"{did_you_mean(name, sorted(ADVANTAGES))}")
+    return ADVANTAGES[name]
 
 
 def masked_mean(x: Tensor, mask: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
@@ -128,6 +180,7 @@ def _broadcast(seq_adv: Tensor, mask: Tensor) -> Tensor:
     return seq_adv[:, None] * mask
 
 
+@register_advantage("gae", needs_critic=True, token_rewards=True, whiten=True, run_name="ppo")
 def _gae(x: AdvantageInputs):
     """See docs/algorithms.md#gae."""
     if x.values is None or x.token_rewards is None:
@@ -135,16 +188,19 @@ def _gae(x: AdvantageInputs):
     return gae(x.token_rewards, x.values, x.mask, x.gamma, x.lam)
 
 
+@register_advantage("grpo", min_group=2, kl_in="loss")
 def _grpo(x: AdvantageInputs):
     """See docs/algorithms.md#grpo."""
     return _broadcast(group_normalize(x.scores, x.group_size, scale=x.scale, eps=x.eps), x.mask), None
 
 
+@register_advantage("rloo", min_group=2, importance="sequence")
 def _rloo(x: AdvantageInputs):
     """See docs/algorithms.md#rloo."""
     return _broadcast(rloo(x.scores, x.group_size), x.mask), None
 
 
+@register_advantage("reinforce_pp", token_rewards=True)
 def _reinforce_pp(x: AdvantageInputs):
     """See docs/algorithms.md#reinforce-pp."""
     if x.token_rewards is None:
@@ -153,6 +209,7 @@ def _reinforce_pp(x: AdvantageInputs):
     return masked_whiten(ret, x.mask, reduce=x.reduce), ret
 
 
+@register_advantage("reinforce_baseline", min_group=2, kl_in="loss")
 def _reinforce_baseline(x: AdvantageInputs):
     """See docs/algorithms.md#reinforce-baseline."""
     g = x.scores.view(-1, x.group_size)
@@ -161,18 +218,5 @@ def _reinforce_baseline(x: AdvantageInputs):
     return _broadcast(centred / (std + x.eps), x.mask), None
 
 
-ADVANTAGES = {
-    "gae": _gae,
-    "grpo": _grpo,
-    "rloo": _rloo,
-    "reinforce_pp": _reinforce_pp,
-    "reinforce_baseline": _reinforce_baseline,
-}
-NEEDS_CRITIC = {"gae"}
-TOKEN_LEVEL = {"gae", "reinforce_pp"}  # read per-token rewards (KL penalty on every token)
-
-
 def compute_advantages(name: str, inputs: AdvantageInputs) -> tuple[Tensor, Tensor | None]:
-    if name not in ADVANTAGES:
-        raise ValueError(f"unknown advantage estimator '{name}'; use one of {sorted(ADVANTAGES)}")
-    return ADVANTAGES[name](inputs)
+    return get_advantage(name).fn(inputs)

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..losses.kl import KL_ESTIMATORS
 from ..losses.policy import LOSS_AGGREGATIONS
 from ..rewards.base import RewardConfig
-from .advantages import ADVANTAGES
+from .advantages import get_advantage
 from .monitors import MonitorConfig
 
 
@@ -175,13 +175,13 @@ def importance_level(cfg: RLConfig) -> str:
     """``token`` or ``sequence``: what one importance ratio covers (auto: sequence for rloo)."""
     if cfg.importance_level != "auto":
         return cfg.importance_level
-    return "sequence" if cfg.advantage == "rloo" else "token"
+    return get_advantage(cfg.advantage).importance
 
 
 def kl_placement(cfg: RLConfig) -> str:
     if cfg.kl_in != "auto":
         return cfg.kl_in
-    return "loss" if cfg.advantage in ("grpo", "reinforce_baseline") else "reward"
+    return get_advantage(cfg.advantage).kl_in
 
 
 def validate(cfg: RLConfig) -> None:
@@ -205,12 +205,10 @@ def validate(cfg: RLConfig) -> None:
     check_range("ptx_batch_size", cfg.ptx_batch_size, lo=1)
     check_choice("reference", cfg.reference, ("auto", "model", "adapters", "none"))
     check_choice("importance_level", cfg.importance_level, ("auto", "token", "sequence"))
+    get_advantage(cfg.advantage)  # an unknown estimator: ConfigError with the valid names
     if importance_level(cfg) == "sequence" and cfg.loss_agg == "dapo":
         raise ConfigError("importance_level=sequence averages the objective over sequences; use "
                           "loss_agg grpo or dr_grpo (dapo averages over tokens)")
-    if cfg.advantage not in ADVANTAGES:
-        raise ConfigError(f"advantage must be one of {sorted(ADVANTAGES)}, got '{cfg.advantage}'"
-                          f"{did_you_mean(cfg.advantage, sorted(ADVANTAGES))}")
     if cfg.loss_agg not in LOSS_AGGREGATIONS:
         raise ConfigError(f"loss_agg must be one of {LOSS_AGGREGATIONS}, got '{cfg.loss_agg}'"
                           f"{did_you_mean(cfg.loss_agg, LOSS_AGGREGATIONS)}")
@@ -222,9 +220,10 @@ def validate(cfg: RLConfig) -> None:
     G = cfg.rollout.num_generations
     if G < 1 or cfg.rollout.max_new_tokens < 1:
         raise ConfigError("rollout.num_generations and rollout.max_new_tokens must be >= 1")
-    if cfg.advantage in ("grpo", "rloo", "reinforce_baseline") and G < 2:
+    need = get_advantage(cfg.advantage).min_group
+    if G < need:
         raise ConfigError(f"advantage={cfg.advantage} compares the samples of a prompt: set "
-                          "rollout.num_generations >= 2")
+                          f"rollout.num_generations >= {need}")
     if cfg.num_iterations < 1 or cfg.num_minibatches < 1:
         raise ConfigError("num_iterations and num_minibatches must be >= 1")
     prompts = cfg.train.batch_size * cfg.train.grad_accum

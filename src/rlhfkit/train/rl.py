@@ -48,7 +48,7 @@ from ..models.forward import completion_logprobs, disable_dropout, unwrap
 from ..models.loading import load_model, load_scalar_model
 from ..models.reference import Reference, choose_mode
 from ..rewards.base import build_rewards, reward_config_from
-from ..rl.advantages import NEEDS_CRITIC, AdvantageInputs, compute_advantages, masked_var, masked_whiten
+from ..rl.advantages import AdvantageInputs, compute_advantages, get_advantage, masked_var, masked_whiten
 from ..rl.batches import OnPolicyStats, PolicyWithCritic, RLBatch, critic_of, policy_of, target_index, token_values
 from ..rl.config import (CriticConfig, GRPOConfig, PPOConfig, RLConfig, RolloutConfig,  # noqa: F401
                          importance_level, kl_placement, validate)  # noqa: F401  (validate: public API)
@@ -229,10 +229,11 @@ class OnlineRL:
         last = (mask.sum(1).long() - 1).clamp(min=0)
         token_rewards[torch.arange(N), last] += scores * (mask.sum(1) > 0)
         values = flat_val.view(N, T) if flat_val is not None else None
+        spec = get_advantage(cfg.advantage)  # what the estimator reads, and whether it is whitened
         adv, returns = compute_advantages(cfg.advantage, AdvantageInputs(
-            mask=mask, scores=seq_scores, group_size=G, token_rewards=token_rewards, values=values,
-            gamma=cfg.gamma, lam=cfg.lam, scale=cfg.scale_rewards, reduce=dist_sum()))
-        if cfg.advantage == "gae" and cfg.whiten_advantages:
+            mask=mask, scores=seq_scores, group_size=G, token_rewards=token_rewards if spec.token_rewards else None,
+            values=values, gamma=cfg.gamma, lam=cfg.lam, scale=cfg.scale_rewards, reduce=dist_sum()))
+        if spec.whiten and cfg.whiten_advantages:
             adv = masked_whiten(adv, umask, reduce=dist_sum())
         self.completions.log_rollout(step, exs, G, ro.texts, res, adv, umask)
         if values is not None:
@@ -424,7 +425,7 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
     disable_dropout(model)
     train, evals = load_prompts(cfg, tokenizer, log)
     critic = None
-    if cfg.advantage in NEEDS_CRITIC:
+    if get_advantage(cfg.advantage).needs_critic:
         name = cfg.critic.name or next((r.path.split(",")[0] for r in cfg.rewards if r.type == "model"), "")
         ccfg = dataclasses.replace(cfg.model, name=name or cfg.model.name,
                                    freeze_layers=cfg.model.freeze_layers if cfg.critic.freeze_layers < 0
@@ -468,7 +469,7 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
 
     recipe = Recipe(
         model=trained, examples=train, collate=lambda exs: exs, config=cfg,
-        name="ppo" if cfg.advantage == "gae" else cfg.advantage,  # progress bar and log prefix
+        name=get_advantage(cfg.advantage).run_name or cfg.advantage,  # progress bar and log prefix
         step=rl.step, count=lambda rb: rb.count, plan=rl.plan,
         evaluate=(lambda m: rl.evaluate(m, evals)) if evals else None,
         save=save, state=rl.state, param_groups=param_groups, on_step_end=on_step_end,
