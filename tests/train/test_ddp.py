@@ -64,6 +64,8 @@ def test_two_processes_match_one_with_twice_the_batch(recipe, tiny_dir, tmp_path
         assert curve(two, "rollout/kl") == pytest.approx(curve(one, "rollout/kl"), abs=1e-5)
         assert any(abs(x) > 1e-5 for x in a)  # the check compares real updates
     assert os.path.isdir(os.path.join(two, "final"))  # the main process saved the model
+    if recipe == "dpo":  # each process caches its own reference log-probs (no shared temp file to race on)
+        assert all(os.path.isfile(os.path.join(two, f"ref_logps_train.rank{r}.pt")) for r in (0, 1))
 
 
 def test_two_process_grpo_killed_and_resumed_matches_uninterrupted(tiny_dir, tmp_path, env):

@@ -124,7 +124,7 @@ class Reference:
             ex.extra["ref_logps"] = v
         if cache:
             os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
-            tmp = cache + ".tmp"
+            tmp = f"{cache}.{os.getpid()}.tmp"  # never another process's half-written file
             torch.save({"key": key, "values": values}, tmp)
             os.replace(tmp, cache)
         if log:

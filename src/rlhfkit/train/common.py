@@ -144,12 +144,14 @@ def _portable_adapters(path: str, info: dict | None, fields: dict) -> None:
 def precompute_reference(ref, trainer, train: list, evals: list, collate_fn, tcfg: TrainConfig,
                          model_key: str, log) -> None:
     """Reference log-probs, once, for the training examples the run will visit (a run stopped
-    early by max_steps visits fewer than all) and for the held-out ones; cached in the run dir."""
+    early by max_steps visits fewer than all) and for the held-out ones; cached in the run dir,
+    one file per data-parallel process (each computes and writes its own examples)."""
     visited = [train[i] for i in trainer.visited_examples()]
+    rank = f".rank{dist_rank()}" if dist_world() > 1 else ""
     for name, exs in (("train", visited), ("eval", evals)):  # eval batches line up with evaluation
         if exs:
             ref.precompute(exs, collate_fn, tcfg.eval_batch_size, log=log, model_key=model_key,
-                           cache=os.path.join(tcfg.output_dir, f"ref_logps_{name}.pt"))
+                           cache=os.path.join(tcfg.output_dir, f"ref_logps_{name}{rank}.pt"))
 
 
 def dist_sum():
@@ -164,6 +166,12 @@ def dist_sum():
         torch.distributed.all_reduce(t)
         return t
     return reduce
+
+
+def dist_world() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
 
 
 def dist_rank() -> int:
