@@ -43,3 +43,13 @@ class Preempted(TrainingError):
     """The run was asked to stop (SIGTERM from Slurm, Kubernetes, ...) and saved a checkpoint."""
 
     exit_code = 143  # 128 + SIGTERM, what schedulers expect of a terminated job
+
+
+def registry_get(table: dict, name: str, what: str):
+    """``table[name]``; an unknown name is a ConfigError ``{what} must be one of [...], got 'x'``
+    with a did-you-mean (the lookup of every registry: losses, estimators)."""
+    if name not in table:
+        from .config import did_you_mean
+
+        raise ConfigError(f"{what} must be one of {sorted(table)}, got '{name}'{did_you_mean(name, sorted(table))}")
+    return table[name]

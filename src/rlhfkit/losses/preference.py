@@ -84,9 +84,9 @@ def register_preference_loss(name: str, *, needs_reference: bool = True):
 
 
 def _check_name(name: str) -> None:
-    if name not in PREFERENCE_LOSSES:
-        raise ConfigError(f"unknown preference loss_type '{name}'; valid names: "
-                          f"{', '.join(sorted(PREFERENCE_LOSSES))}")
+    from ..errors import registry_get
+
+    registry_get(PREFERENCE_LOSSES, name, "preference loss_type")
 
 
 def get_preference_loss(name: str) -> PreferenceLoss:

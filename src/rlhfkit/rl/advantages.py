@@ -83,13 +83,9 @@ def register_advantage(name: str, **spec):
 
 def get_advantage(name: str) -> AdvantageSpec:
     """The spec of ``name``; an unknown name is a ConfigError listing the valid ones."""
-    if name not in ADVANTAGES:
-        from ..config import did_you_mean
-        from ..errors import ConfigError
+    from ..errors import registry_get
 
-        raise ConfigError(f"advantage must be one of {sorted(ADVANTAGES)}, got '{name}'"
-                          f"{did_you_mean(name, sorted(ADVANTAGES))}")
-    return ADVANTAGES[name]
+    return registry_get(ADVANTAGES, name, "advantage")
 
 
 def masked_mean(x: Tensor, mask: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
