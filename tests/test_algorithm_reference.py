@@ -4,8 +4,9 @@ import inspect
 import pathlib
 import re
 
-from rlhfkit.losses import kl, listwise, policy, reward, sft, unpaired
+from rlhfkit.losses import kl, listwise, objectives, policy, reward, sft, unpaired
 from rlhfkit.losses.preference import PREFERENCE_LOSSES, rpo_nll
+from rlhfkit.rl import correction, shaping
 from rlhfkit.rl.advantages import ADVANTAGES
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "algorithms.md"
@@ -21,6 +22,9 @@ def test_every_loss_and_estimator_cites_an_existing_entry():
         listwise.plackett_luce_loss, reward.bradley_terry_loss, reward.listwise_bt_loss,
         unpaired.kto_loss, sft.sft_loss, policy.clipped_surrogate, policy.sequence_clipped_surrogate,
         policy.clipped_value_loss, policy.aggregate, kl.kl_estimate, rpo_nll]
+    fns += [s.fn for s in objectives.POLICY_LOSSES.values()] + [
+        objectives.entropy_topq_mask, objectives.token_covariance, correction.mismatch_weights,
+        shaping.overlong_penalty, shaping.groups_with_spread, shaping.normalize_group_scores]
     anchors = _anchors()
     missing = []
     for fn in fns:

@@ -9,6 +9,7 @@ import torch
 from rlhfkit.config import ModelConfig, TrainConfig, build_config
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.forward import completion_logprobs
+from rlhfkit.rl.loss import onpolicy_metrics
 from rlhfkit.tasks.arithmetic import make_problems, sft_rows
 from rlhfkit.train import rl
 from conftest import write_jsonl
@@ -29,6 +30,12 @@ def cfg_for(tiny_dir, out, advantage="grpo", G=2, steps=2, **kw):
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
+
+
+def plan(trainer, step=0):
+    """One step's experience: (minibatches of RLBatch, rollout metrics)."""
+    exp = trainer.recipe.iteration.__self__.experience(trainer.model, [trainer.recipe.examples[:4]], step)
+    return exp.minibatches, exp.metrics
 
 
 def metrics(out):
@@ -71,7 +78,7 @@ def test_on_policy_ratio_is_exactly_one(tiny_dir, tmp_path):
                       kl_coef=0.05, reuse_logps=False)
         trainer = rl.build(cfg, log=quiet)
         torch.manual_seed(0)
-        updates, m = trainer.recipe.plan(trainer.model, [trainer.recipe.examples[:4]], 0)
+        updates, m = plan(trainer)
         updates = list(updates)
         assert len(updates) == 1 and len(updates[0]) == 1
         rb = updates[0][0]
@@ -79,7 +86,8 @@ def test_on_policy_ratio_is_exactly_one(tiny_dir, tmp_path):
         new = completion_logprobs(policy, rb.batch).token_logps
         ratio = torch.exp(new.detach() - rb.old_logp)
         assert torch.equal(ratio, torch.ones_like(ratio))
-        loss, met, extra = trainer.recipe.step(trainer.model, rb)
+        out = trainer.recipe.step(trainer.model, rb)
+        loss, met = out.sum, out.metrics
         assert met["clip_frac"] == 0.0 and met["ratio_mean"] == 1.0 and met["approx_kl"] == 0.0
         assert torch.isfinite(loss)
 
@@ -92,16 +100,19 @@ def _one_update(tiny_dir, out, reuse: bool, advantage: str, **kw):
     with torch.no_grad():  # move the policy away from the reference: a KL to compare
         for p in trainer.model.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    updates, m = trainer.recipe.plan(trainer.model, [trainer.recipe.examples[:4]], 0)
-    mets = []
+    updates, m = plan(trainer)
+    mets, sums = [], {}
     for rbs in updates:
         for rb in rbs:
             assert (rb.old_logp is None) == reuse
             # the random model's rewards are all equal: give the tokens advantages to follow
             rb.advantages = torch.randn(rb.advantages.shape, generator=torch.Generator().manual_seed(1))
-            loss, met, _ = trainer.recipe.step(trainer.model, rb)
-            loss.backward()
-            mets.append(met | {"loss": float(loss.detach())})
+            out = trainer.recipe.step(trainer.model, rb)
+            out.sum.backward()
+            mets.append(out.metrics | {"loss": float(out.sum.detach())})
+            sums = {k: sums.get(k, 0.0) + v for k, v in out.sums.items()}
+    if reuse:  # what the iteration does with the updates' on-policy sums
+        onpolicy_metrics(sums, m, trainer.recipe.iteration.__self__.ref is not None, True)
     grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
     return m, mets, grads
 
@@ -129,13 +140,13 @@ def test_reuse_logps_only_when_one_update_per_rollout(tiny_dir, tmp_path):
     for kw in ({"num_iterations": 2}, {"kl_in": "reward", "kl_coef": 0.05}, {"kl_target": 1.0, "kl_coef": 0.05}):
         cfg = cfg_for(tiny_dir, tmp_path, "grpo", 2, **kw)
         trainer = rl.build(cfg, log=quiet)
-        updates, _ = trainer.recipe.plan(trainer.model, [trainer.recipe.examples[:4]], 0)
+        updates, _ = plan(trainer)
         assert all(rb.old_logp is not None for rbs in updates for rb in rbs), kw
 
 
 def test_grpo_no_reference_when_beta_zero(tiny_dir, tmp_path):
     trainer = rl.build(cfg_for(tiny_dir, tmp_path, kl_coef=0.0), log=quiet)
-    assert trainer.recipe.plan.__self__.ref is None
+    assert trainer.recipe.iteration.__self__.ref is None
 
 
 def test_zero_std_groups_are_filtered(tiny_dir, tmp_path):
@@ -208,15 +219,15 @@ def test_grpo_resume_after_a_crash_is_exact(tiny_dir, tmp_path):
     b = cfg_for(tiny_dir, tmp_path / "b", "grpo", 4, steps=4, kl_coef=0.05, rewards=[vowel])
     b.train.save_steps = 1
     trainer = rl.build(b, log=quiet)
-    plan, calls = trainer.recipe.plan, []
+    iteration, calls = trainer.recipe.iteration, []
 
-    def crashing(model, mbs, step):
+    def crashing(model, mbs, step, update):
         calls.append(step)
         if len(calls) == 3:
             raise RuntimeError("simulated crash")
-        return plan(model, mbs, step)
+        return iteration(model, mbs, step, update)
 
-    trainer.recipe.plan = crashing
+    trainer.recipe.iteration = crashing
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.train()
     b.train.resume = True
@@ -243,10 +254,10 @@ def test_training_logprobs_use_the_sampling_temperature(tiny_dir, tmp_path):
     cfg.rollout.temperature = 0.7
     trainer = rl.build(cfg, log=quiet)
     torch.manual_seed(0)
-    updates, m = trainer.recipe.plan(trainer.model, [trainer.recipe.examples[:4]], 0)
+    updates, m = plan(trainer)
     rb = list(updates)[0][0]
     assert m["rollout/sampler_logp_diff"] < 1e-5, m["rollout/sampler_logp_diff"]
-    _, met, _ = trainer.recipe.step(trainer.model, rb)
+    met = trainer.recipe.step(trainer.model, rb).metrics
     assert met["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and met["approx_kl"] == pytest.approx(0.0, abs=1e-6)
     # sequence 0 of the batch, scored by a plain unpacked forward and a numpy log-softmax at T
     b = rb.batch
@@ -267,12 +278,13 @@ def _grad_of_one_update(tiny_dir, out, **kw):
     cfg = cfg_for(tiny_dir, out, "rloo", 4, reuse_logps=False, **kw)
     trainer = rl.build(cfg, log=quiet)
     torch.manual_seed(0)
-    updates, _ = trainer.recipe.plan(trainer.model, [trainer.recipe.examples[:4]], 0)
+    updates, _ = plan(trainer)
     rb = list(updates)[0][0]
     seq_adv = torch.linspace(-1.0, 1.0, rb.batch.num_sequences)
     rb.advantages = seq_adv[rb.batch.tgt_seq]  # one advantage per completion, as RLOO gives
-    loss, met, _ = trainer.recipe.step(trainer.model, rb)
-    loss.backward()
+    out = trainer.recipe.step(trainer.model, rb)
+    out.sum.backward()
+    met = out.metrics
     grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
     return met, grads, seq_adv
 

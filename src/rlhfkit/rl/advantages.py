@@ -39,7 +39,7 @@ class AdvantageInputs:
     values: Tensor | None = None          # (N, T) critic values V(s_t)
     gamma: float = 1.0
     lam: float = 0.95
-    scale: bool = True                    # grpo: divide by the group std
+    scale: bool | str = True              # grpo: group (True) | batch | none (False); docs/algorithms.md#score-scaling
     eps: float = 1e-4
     reduce: Callable[[Tensor], Tensor] | None = None  # data parallel: sum over processes
 
@@ -186,8 +186,13 @@ def _gae(x: AdvantageInputs):
 
 @register_advantage("grpo", min_group=2, kl_in="loss")
 def _grpo(x: AdvantageInputs):
-    """See docs/algorithms.md#grpo."""
-    return _broadcast(group_normalize(x.scores, x.group_size, scale=x.scale, eps=x.eps), x.mask), None
+    """See docs/algorithms.md#grpo and docs/algorithms.md#score-scaling."""
+    if x.scale == "batch":
+        from .shaping import normalize_group_scores
+
+        return _broadcast(normalize_group_scores(x.scores, x.group_size, "batch"), x.mask), None
+    scale = x.scale in (True, "group")
+    return _broadcast(group_normalize(x.scores, x.group_size, scale=scale, eps=x.eps), x.mask), None
 
 
 @register_advantage("rloo", min_group=2, importance="sequence")

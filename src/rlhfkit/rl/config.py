@@ -3,16 +3,19 @@ validation; see :mod:`rlhfkit.train.rl` for what the keys drive."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
 from ..config import DataConfig, ModelConfig, TrainConfig, check_choice, check_range, did_you_mean
 from ..errors import ConfigError
 from ..losses.kl import KL_ESTIMATORS
+from ..losses.objectives import PolicyLossParams, check_policy_loss
 from ..losses.policy import LOSS_AGGREGATIONS
 from ..rewards.base import RewardConfig
 from .advantages import get_advantage
 from .monitors import MonitorConfig
+from .shaping import SCORE_SCALES
 
 
 @dataclass
@@ -79,6 +82,52 @@ class CriticConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """Knobs of the registered policy losses (``policy_loss``); each loss reads only its own
+    (docs/algorithms.md#policy-losses). PPO's clip range is ``clip_eps_low`` / ``clip_eps_high``."""
+
+    dual_clip: float = 3.0
+    """dual_clip: c > 1; the loss of a token with A < 0 is at most −c·A."""
+    cispo_eps_low: float = 1.0
+    """cispo: the IS weight's floor is 1 − cispo_eps_low (1.0: no floor, as in MiniMax-M1)."""
+    cispo_eps_high: float = 4.0
+    """cispo: the IS weight's cap is 1 + cispo_eps_high."""
+    gspo_eps_low: float = 3e-4
+    """gspo: clip below 1 of the length-normalised sequence ratio."""
+    gspo_eps_high: float = 4e-4
+    """gspo: clip above 1."""
+    clip_cov_frac: float = 2e-4
+    """clip_cov: fraction of the tokens whose gradient is removed."""
+    clip_cov_lower: float = 1.0
+    """clip_cov: tokens are picked among those with covariance in [clip_cov_lower, clip_cov_upper]."""
+    clip_cov_upper: float = 5.0
+    kl_cov_frac: float = 2e-3
+    """kl_cov: fraction of the tokens, highest covariance first, that get the penalty."""
+    kl_cov_coef: float = 1.0
+    """kl_cov: β of the penalty β·|log π − log π_old|."""
+
+
+@dataclass
+class CorrectionConfig:
+    """Importance correction for a sampler whose log-probs differ from the trainer's
+    (docs/algorithms.md#rollout-correction)."""
+
+    mode: str = "auto"
+    """none | tis (truncated IS weights) | mis (masked: weights over the cap drop the token or
+    sequence) | auto (tis when the engine does not sample the trainer's exact distribution, e.g. a
+    bf16/int8 sampling copy, none otherwise)."""
+    level: str = "token"
+    """token (one weight per token) | sequence (one weight exp(Σ_t Δ) per response)."""
+    cap: float = 2.0
+    """The weights' cap C (>= 1)."""
+
+    def validate(self, p: str = "correction.") -> None:
+        check_choice(p + "mode", self.mode, ("auto", "none", "tis", "mis"))
+        check_choice(p + "level", self.level, ("token", "sequence"))
+        check_range(p + "cap", self.cap, lo=1)
+
+
+@dataclass
 class RLConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=1024, max_prompt_length=512))
@@ -96,8 +145,9 @@ class RLConfig:
     """Generated held-out problems (task=arithmetic), disjoint from the training ones."""
     advantage: str = "grpo"
     """gae (PPO, critic) | grpo | rloo | reinforce_pp | reinforce_baseline."""
-    scale_rewards: bool = True
-    """grpo: divide by the group std (false = Dr.GRPO)."""
+    scale_rewards: str = "group"
+    """grpo: divide the group-centred rewards by the std of the group | batch (of the whole batch) |
+    none (Dr.GRPO); true/false mean group/none (docs/algorithms.md#score-scaling)."""
     loss_agg: str = "grpo"
     """grpo (sequence mean of token means) | dr_grpo (token sum / max_new_tokens) | dapo (token mean)."""
     num_iterations: int = 1
@@ -114,9 +164,26 @@ class RLConfig:
     """token (one ratio per token, PPO/GRPO) | sequence (one ratio exp(Σ_t Δlog π) per
     completion, clipped per sequence, as in the RLOO paper) | auto (sequence for rloo, token
     otherwise). docs/algorithms.md#importance-level."""
+    policy_loss: str = "auto"
+    """The policy objective (docs/algorithms.md#policy-losses): ppo (token ratio) | seq_ppo
+    (sequence ratio) | gspo | cispo | dual_clip | clip_cov | kl_cov | auto (ppo or seq_ppo, by
+    importance_level); knobs in ``objective``."""
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
     """Upper clip (0.28 = DAPO clip-higher)."""
+    entropy_top_q: float = 1.0
+    """Train only on the top-q fraction of the highest-entropy response tokens of each
+    micro-batch (0.2 as in Wang et al. 2025; 1 = every token). docs/algorithms.md#entropy-top-q."""
+    correction: CorrectionConfig = field(default_factory=CorrectionConfig)
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: sample further prompts until the step has train.batch_size groups
+    whose rewards differ (at most dynamic_sampling_rounds extra rollouts). docs/algorithms.md#dynamic-sampling."""
+    dynamic_sampling_rounds: int = 3
+    overlong_cache: int = 0
+    """DAPO soft overlong punishment: responses in the last overlong_cache tokens before
+    rollout.max_new_tokens lose up to overlong_penalty (0 = off). docs/algorithms.md#overlong-penalty."""
+    overlong_penalty: float = 1.0
     kl_coef: float = 0.0
     """β, KL strength (0 with reference=auto loads no reference)."""
     kl_estimator: str = "k3"
@@ -178,6 +245,26 @@ def importance_level(cfg: RLConfig) -> str:
     return get_advantage(cfg.advantage).importance
 
 
+def policy_loss_name(cfg: RLConfig) -> str:
+    """The registered policy loss: ``policy_loss``, or for auto ppo / seq_ppo by importance level."""
+    if cfg.policy_loss != "auto":
+        return cfg.policy_loss
+    return "seq_ppo" if importance_level(cfg) == "sequence" else "ppo"
+
+
+def loss_params(cfg: RLConfig) -> PolicyLossParams:
+    o = cfg.objective
+    return PolicyLossParams(eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
+                            **{f.name: getattr(o, f.name) for f in dataclasses.fields(o)})
+
+
+def _scale(v) -> str:
+    s = str(v).lower()
+    s = {"true": "group", "1": "group", "yes": "group", "false": "none", "0": "none", "no": "none"}.get(s, s)
+    check_choice("scale_rewards", s, SCORE_SCALES)
+    return s
+
+
 def kl_placement(cfg: RLConfig) -> str:
     if cfg.kl_in != "auto":
         return cfg.kl_in
@@ -190,6 +277,12 @@ def validate(cfg: RLConfig) -> None:
     one parsed by build_config."""
     cfg.rollout.validate()
     cfg.critic.validate()
+    cfg.correction.validate()
+    cfg.scale_rewards = _scale(cfg.scale_rewards)
+    check_range("entropy_top_q", cfg.entropy_top_q, lo=0, hi=1, lo_open=True)
+    check_range("dynamic_sampling_rounds", cfg.dynamic_sampling_rounds, lo=0)
+    check_range("overlong_cache", cfg.overlong_cache, lo=0, hi=cfg.rollout.max_new_tokens - 1)
+    check_range("overlong_penalty", cfg.overlong_penalty, lo=0)
     if cfg.rollout.temperature == 0:
         raise ConfigError("rollout.temperature must be > 0 for online RL (0 is greedy decoding: "
                           "every sample of a prompt would be the same); evaluation is greedy anyway")
@@ -237,6 +330,8 @@ def validate(cfg: RLConfig) -> None:
                           "data-parallel training does not support yet; run it in one process")
     if cfg.ptx_coef > 0 and not cfg.ptx_path:
         raise ConfigError("ptx_coef > 0 needs ptx_path (SFT rows to mix in)")
+    check_policy_loss(policy_loss_name(cfg), loss_params(cfg), cfg.loss_agg,
+                      key=lambda k: {"eps_low": "clip_eps_low", "eps_high": "clip_eps_high"}.get(k, "objective." + k))
 
 
 RLConfig.validate = validate

@@ -8,11 +8,31 @@ import functools
 import json
 import os
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 
 from ..config import DataConfig, LoraConfig, TrainConfig, to_dict
 from ..data.collate import collate
+
+
+@dataclass
+class LossOutput:
+    """What a recipe's ``step(model, batch)`` returns to the loop.
+
+    ``sum``: the sum of the micro-batch's per-item losses (the loop divides by the item count
+    of the whole optimizer step, which ``Recipe.count`` gives before any forward runs, so the
+    division can happen before each micro-batch's backward). ``metrics``: per-micro-batch means,
+    averaged by the loop with the micro-batches' item counts as weights. ``extra``: a term the
+    recipe already normalised (e.g. PPO-ptx's SFT mean), added as it is. ``sums``: raw totals
+    (e.g. token counts and KL sums) the loop adds over micro-batches and processes and returns
+    with the update's record, for statistics a mean of means would get wrong."""
+
+    sum: Tensor
+    metrics: dict = field(default_factory=dict)
+    extra: Tensor | None = None
+    sums: dict = field(default_factory=dict)
 
 
 def make_collate(tokenizer, data: DataConfig, train: TrainConfig, share_prompt: bool = True):

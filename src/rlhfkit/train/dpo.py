@@ -28,7 +28,7 @@ from ..models.forward import completion_logprobs, lm_head, segment_sum
 from ..models.loading import load_model
 from ..models.logprobs import chunked_token_kl
 from ..models.reference import Reference, choose_mode
-from .common import precompute_reference, eval_batches, make_collate, model_device, save_model
+from .common import LossOutput, precompute_reference, eval_batches, make_collate, model_device, save_model
 from .loop import Recipe, Trainer, start_run
 from .reward import label_matrix
 from .sft import sft_step
@@ -203,7 +203,7 @@ def _sft_reference(model, train: list[Example], collate_fn, cfg: DPOConfig, log)
                                save_steps=0, resume=False)
     chunk = cfg.train.logprob_chunk
     Trainer(tcfg, Recipe(model=model, examples=best, collate=collate_fn, name="sft-ref",
-                         step=lambda m, b: sft_step(m, b, chunk),
+                         step=lambda m, b: LossOutput(*sft_step(m, b, chunk)),
                          count=lambda b: float(b.tgt_mask.sum())), log).train()
 
 
@@ -231,7 +231,7 @@ def build(cfg: DPOConfig, log=print, model=None, tokenizer=None, examples=None, 
     chunk = cfg.train.logprob_chunk
     recipe = Recipe(
         model=model, examples=train, collate=collate_fn, name="dpo", config=cfg,
-        step=lambda m, b: dpo_step(m, b, ref, cfg, chunk),
+        step=lambda m, b: LossOutput(*dpo_step(m, b, ref, cfg, chunk)),
         count=lambda b: float(b.num_examples),
         evaluate=(lambda m: evaluate_pairs(m, ref, evals, collate_fn, cfg.train.eval_batch_size, cfg))
         if evals and cfg.loss_type != "plackett_luce" else None,

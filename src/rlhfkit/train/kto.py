@@ -26,7 +26,7 @@ from ..losses.unpaired import kto_loss
 from ..models.forward import completion_logprobs
 from ..models.loading import load_model
 from ..models.reference import Reference, choose_mode
-from .common import precompute_reference, make_collate, save_model
+from .common import LossOutput, precompute_reference, make_collate, save_model
 from .dpo import DPOConfig, evaluate_pairs
 from .loop import Recipe, Trainer, start_run
 
@@ -114,7 +114,7 @@ def build(cfg: KTOConfig, log=print, model=None, tokenizer=None) -> Trainer:
     eval_cfg = DPOConfig(beta=cfg.beta, train=cfg.train)
     recipe = Recipe(
         model=model, examples=train, collate=collate_fn, name="kto", config=cfg,
-        step=lambda m, b: kto_step(m, b, ref, cfg, chunk),
+        step=lambda m, b: LossOutput(*kto_step(m, b, ref, cfg, chunk)),
         count=lambda b: float(b.num_examples),
         evaluate=(lambda m: evaluate_pairs(m, ref, evals, collate_fn, cfg.train.eval_batch_size, eval_cfg))
         if evals else None,

@@ -41,6 +41,7 @@ import torch
 
 from ..config import TrainConfig, to_dict
 from ..errors import Preempted, TrainingError
+from .common import LossOutput
 from .metrics import MetricsLog
 from .setup import (check_train_config, make_optimizer, make_scheduler,  # noqa: F401 (re-exported)
                     return_freed_memory, start_run)
@@ -55,22 +56,24 @@ dir so a resume can tell what changed; a recipe may pass its own as ``Recipe.con
 
 @dataclass
 class Recipe:
-    """What a training step computes. ``step(model, batch) -> (loss_sum, metrics)``."""
+    """What a training step computes. ``step(model, batch) -> LossOutput`` (:class:`.common.LossOutput`)."""
 
     model: Any
     examples: list
     collate: Callable[[list], Any]
-    step: Callable[[Any, Any], tuple[torch.Tensor, dict]]
+    step: Callable[[Any, Any], LossOutput]
     count: Callable[[Any], float]
     evaluate: Callable[[Any], dict] | None = None
     save: Callable[[Any, str], None] | None = None
     name: str = "train"
     state: dict = field(default_factory=dict)  # recipe state saved with checkpoints
-    plan: Callable[[Any, list, int], tuple[Any, dict]] | None = None
-    """Online recipes: ``plan(model, micro_batches, step) -> (updates, metrics)``. The loop's
-    micro-batches (e.g. prompts) become an iterable of optimizer updates, each a list of
-    micro-batches for ``step``; ``metrics`` (filled while the updates run) join the step's
-    record. The LR schedule advances once per loop step either way."""
+    iteration: Callable[[Any, list, int, Callable[[list], dict]], dict] | None = None
+    """Online recipes: ``iteration(model, micro_batches, step, update) -> metrics``. The recipe
+    turns the loop's micro-batches (e.g. prompts) into its own optimizer updates, calling
+    ``update(micro_batches_for_step) -> record`` once per update (one optimizer step: the record
+    holds that update's ``train/*`` means and, under ``"sums"``, the LossOutput sums over its
+    micro-batches and processes); the returned metrics join the step's record. The LR schedule
+    advances once per loop step either way."""
     param_groups: Callable[[Any], list] | None = None
     """Optimizer parameter groups (e.g. a critic with its own learning rate)."""
     on_step_end: Callable[[int, dict], None] | None = None
@@ -124,6 +127,7 @@ class Trainer:
         self.lock = None
         self._term = self._critical = self._sigint_pending = False
         self._done = 0  # optimizer steps whose updates and metrics are complete
+        self.last_record: dict = {}  # the newest step's metrics record
         err = ""
         if self.accelerator.is_main_process:  # under torchrun only rank 0 writes
             try:
@@ -332,7 +336,7 @@ class Trainer:
                        dynamic_ncols=True, mininterval=1.0)
         try:
             for step in range(start, self.total_steps):
-                rec = self._train_step(step)
+                rec = self.last_record = self._train_step(step)
                 if (step + 1) % max(1, cfg.logging_steps) == 0 or step + 1 == self.total_steps:
                     self.metrics.write(step + 1, rec)
                 self._step_done(step + 1)
@@ -383,11 +387,17 @@ class Trainer:
         t0 = time.perf_counter()
         ks = range(step * cfg.grad_accum, (step + 1) * cfg.grad_accum)
         batches = [self.micro_batch(k) for k in ks]
-        if self.recipe.plan is not None:
-            updates, extra = self.recipe.plan(self.model, batches, step)
+        recs: list[dict] = []
+        if self.recipe.iteration is not None:
+            def update(mbs: list) -> dict:
+                recs.append(self._update(mbs, step))
+                return recs[-1]
+            extra = self.recipe.iteration(self.model, batches, step, update)
         else:
-            updates, extra = [batches], {}
-        recs = [self._update(mbs, step) for mbs in updates]
+            recs.append(self._update(batches, step))
+            extra = {}
+        for r in recs:
+            r.pop("sums", None)  # raw totals are for the recipe, not the metrics log
         lr = self.scheduler.get_last_lr()[0]
         with warnings.catch_warnings():  # a step whose updates were all filtered out is fine
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
@@ -401,7 +411,7 @@ class Trainer:
         rec.pop("_tokens", None)
         rec.update({"train/lr": lr, "train/epoch": (step + 1) * cfg.grad_accum / self.micro_per_epoch,
                     "train/step_time_s": dt})
-        if self.recipe.plan is None:
+        if self.recipe.iteration is None:
             rec["train/tokens_per_s"] = tokens / dt
         else:
             rec["train/update_tokens"] = float(tokens)  # tokens through forward+backward this step
@@ -420,23 +430,25 @@ class Trainer:
     def _update(self, batches: list, step: int) -> dict:
         """One optimizer update from ``batches`` (micro-batches, gradients accumulated).
 
-        ``step(model, batch)`` returns ``(loss_sum, metrics)`` or ``(loss_sum, metrics,
-        extra_loss)``; the update's loss is Σ loss_sum / Σ count + Σ extra_loss, where
-        ``extra_loss`` is a term the recipe already normalised (e.g. PPO-ptx's SFT loss).
+        ``step(model, batch)`` returns a :class:`LossOutput`; the update's loss is
+        Σ sum / Σ count + Σ extra, where ``extra`` is a term the recipe already normalised
+        (e.g. PPO-ptx's SFT loss).
         """
         acc = self.accelerator
         counts = [float(self.recipe.count(b)) for b in batches]
         total = self.all_sum([sum(counts)])[0]  # items of the whole step, every process
         if total <= 0:
             raise TrainingError(f"step {step + 1}: the batch holds nothing to train on")
-        loss_total, sums, weights = 0.0, {}, {}
+        loss_total, sums, weights, raw = 0.0, {}, {}, {}
         tokens = 0
         for b, c in zip(batches, counts):
             out = self.recipe.step(self.model, b)
-            loss_sum, m = out[0], out[1]
-            loss = loss_sum / total
-            if len(out) > 2 and out[2] is not None:
-                loss = loss + out[2] / self.world  # already a mean: average it over processes
+            if not isinstance(out, LossOutput):
+                raise TypeError(f"recipe '{self.recipe.name}': step() must return a LossOutput "
+                                f"(rlhfkit.train.common.LossOutput), got {type(out).__name__}")
+            loss = out.sum / total
+            if out.extra is not None:
+                loss = loss + out.extra / self.world  # already a mean: average it over processes
             # data parallel averages gradients over processes; scaling by the process count
             # makes the update the gradient of (sum over every process) / total
             acc.backward(loss * self.world if self.world > 1 else loss)
@@ -446,9 +458,11 @@ class Trainer:
                                     "learning rate or check the data")
             loss_total += float(loss.detach())
             tokens += getattr(b, "num_real_tokens", 0)
-            for k, v in m.items():  # metrics weighted by each micro-batch's item count
+            for k, v in out.metrics.items():  # metrics weighted by each micro-batch's item count
                 sums[k] = sums.get(k, 0.0) + float(v) * c
                 weights[k] = weights.get(k, 0.0) + c
+            for k, v in out.sums.items():
+                raw[k] = raw.get(k, 0.0) + float(v)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.cfg.max_grad_norm > 0:
             gnorm = float(acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
@@ -461,8 +475,10 @@ class Trainer:
         self._critical = True  # from the first weight change to the step's record: Ctrl-C waits
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        keys = sorted(sums)
-        red = self.all_sum([loss_total, float(tokens)] + [sums[k] for k in keys] + [weights[k] for k in keys])
+        keys, rkeys = sorted(sums), sorted(raw)
+        red = self.all_sum([loss_total, float(tokens)] + [sums[k] for k in keys] + [weights[k] for k in keys]
+                           + [raw[k] for k in rkeys])
         rec = {"train/loss": red[0], "train/grad_norm": gnorm, "_tokens": red[1]}
         rec.update({f"train/{k}": red[2 + i] / red[2 + len(keys) + i] for i, k in enumerate(keys)})
+        rec["sums"] = dict(zip(rkeys, red[2 + 2 * len(keys):]))
         return rec

@@ -35,6 +35,7 @@ from ..models.forward import unwrap
 from ..models.loading import load_model
 from ..rewards.base import RewardConfig, build_rewards, reward_config_from
 from ..rl.config import RolloutConfig
+from ..rl.experience import Trajectories, from_rollout, score
 from ..rl.rollout import HFBackend, SamplingParams, rollout_options
 from . import dpo
 from .checkpoint import latest_checkpoint, load_state, save_state
@@ -74,12 +75,9 @@ def _prompts(cfg: OnlineDPOConfig, tok, log):
     return load_prompts(cfg, tok, log)
 
 
-def _score(rewards, exs: list[Example], texts: list[str], n: int, full: bool = False):
-    """The total reward of each text (``full``: the whole result, with each source's values)."""
-    prompts = [ex.extra.get("prompt") for ex in exs for _ in range(n)]
-    extras = [{k: v for k, v in ex.extra.items() if k != "prompt"} for ex in exs for _ in range(n)]
-    res = rewards.score(prompts, texts, extras)
-    return res if full else res.total
+def _score(rewards, exs: list[Example], texts: list[str], n: int) -> list[float]:
+    """The total reward of each text."""
+    return score(rewards, Trajectories(exs, n, [], [], [], texts), lambda *a: None).total
 
 
 def make_pairs(exs: list[Example], completions: list[list[int]], scores: list[float], n: int) -> list[Example]:
@@ -174,11 +172,11 @@ def _rounds(cfg: OnlineDPOConfig, log, trackers: list) -> dict:
         exs = [train[(start + i) % len(train)] for i in range(min(cfg.prompts_per_round, len(train)))]
         model.eval()
         be = HFBackend(model, tok, **rollout_options(cfg.rollout))
-        ro = be.generate([e.prompt for e in exs], params, gen)
-        res = _score(rewards, exs, ro.texts, n, full=True)
+        traj = from_rollout(exs, be.generate([e.prompt for e in exs], params, gen))
+        res = score(rewards, traj, log)
         scores = res.total
-        completions.log_rollout(r - 1, exs, n, ro.texts, res)
-        pairs = make_pairs(exs, ro.completion_ids, scores, n)
+        completions.log_rollout(r - 1, exs, n, traj.texts, res)
+        pairs = make_pairs(exs, traj.completion_ids, scores, n)
         rec = {"round": r, "rollout/reward": sum(scores) / len(scores), "pairs": float(len(pairs)),
                "prompts": float(len(exs))}
         if pairs:
@@ -195,10 +193,7 @@ def _rounds(cfg: OnlineDPOConfig, log, trackers: list) -> dict:
             trainer = dpo.build(dcfg, log=log, model=model, tokenizer=tok, examples=(pairs, []),
                                 ref_model=fixed_ref)
             trainer.train()
-            last = {}
-            with open(trainer.metrics.path) as f:
-                for line in f:
-                    last.update(json.loads(line))
+            last = trainer.last_record
             rec.update({k: v for k, v in last.items() if isinstance(v, float) and k.startswith("train/")
                         and (k == "train/loss" or "reward" in k)})
         else:

@@ -22,7 +22,7 @@ from ..losses.reward import listwise_bt_loss, ranked_pairs
 from ..models.forward import sequence_scores
 from ..models.loading import load_scalar_model
 from ..rewards.reward_model import prompt_style
-from .common import eval_batches, make_collate, model_device, save_model
+from .common import LossOutput, eval_batches, make_collate, model_device, save_model
 from .loop import Recipe, Trainer, start_run
 
 
@@ -117,7 +117,7 @@ def build(cfg: RMConfig, log=print, model=None, tokenizer=None) -> Trainer:
 
     recipe = Recipe(
         model=model, examples=train, collate=collate_fn, name="rm", config=cfg,
-        step=lambda m, b: rm_step(m, b, cfg.margin, cfg.center_rewards_coef),
+        step=lambda m, b: LossOutput(*rm_step(m, b, cfg.margin, cfg.center_rewards_coef)),
         count=num_pairs,
         evaluate=(lambda m: evaluate_pairs(m, evals, collate_fn, cfg.train.eval_batch_size, cfg.margin))
         if evals else None,

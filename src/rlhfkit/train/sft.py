@@ -14,7 +14,7 @@ from ..data.pipeline import load_examples
 from ..losses.sft import sft_loss
 from ..models.forward import completion_logprobs
 from ..models.loading import load_model
-from .common import eval_batches, make_collate, model_device, save_model
+from .common import LossOutput, eval_batches, make_collate, model_device, save_model
 from .loop import Recipe, Trainer, start_run
 
 
@@ -55,7 +55,7 @@ def build(cfg: SFTConfig, log=print, model=None, tokenizer=None) -> Trainer:
     chunk = cfg.train.logprob_chunk
     recipe = Recipe(
         model=model, examples=train, collate=collate_fn, name="sft", config=cfg,
-        step=lambda m, b: sft_step(m, b, chunk),
+        step=lambda m, b: LossOutput(*sft_step(m, b, chunk)),
         count=lambda b: float(b.tgt_mask.sum()),
         evaluate=(lambda m: evaluate_nll(m, evals, collate_fn, cfg.train.eval_batch_size, chunk))
         if evals else None,
