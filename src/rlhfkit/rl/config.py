@@ -138,7 +138,17 @@ class RLConfig:
     rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
     """Reward sources, summed with their weights (YAML list; shorthand: arithmetic, gsm8k, format, model:PATH, fn:module:function)."""
     task: str = ""
-    """'arithmetic' = generated 'What is a + b?' prompts instead of data.path."""
+    """Generated prompts instead of data.path: arithmetic ('What is a + b?') | word_problems
+    (GSM8K-style, numbers that need a calculator) | guess_number (rows of the guessing game)."""
+    env: str = ""
+    """A multi-turn environment (docs/environments.md): calculator (word problems with a calculator
+    tool) | guess_number | single_turn | module:Class; empty = one response scored by ``rewards``.
+    With an environment the episode's reward is the environment's and ``rewards`` is not used."""
+    env_max_turns: int = 0
+    """Policy turns per episode at most (0 = the environment's own limit)."""
+    env_max_tokens: int = 0
+    """Completion tokens per episode at most, policy and environment together (0 = no budget
+    beyond env_max_turns x rollout.max_new_tokens plus the environment's messages)."""
     task_size: int = 2000
     """Generated training problems (task=arithmetic)."""
     task_eval_size: int = 64
@@ -283,6 +293,8 @@ def validate(cfg: RLConfig) -> None:
     check_range("dynamic_sampling_rounds", cfg.dynamic_sampling_rounds, lo=0)
     check_range("overlong_cache", cfg.overlong_cache, lo=0, hi=cfg.rollout.max_new_tokens - 1)
     check_range("overlong_penalty", cfg.overlong_penalty, lo=0)
+    check_range("env_max_turns", cfg.env_max_turns, lo=0)
+    check_range("env_max_tokens", cfg.env_max_tokens, lo=0)
     if cfg.rollout.temperature == 0:
         raise ConfigError("rollout.temperature must be > 0 for online RL (0 is greedy decoding: "
                           "every sample of a prompt would be the same); evaluation is greedy anyway")

@@ -14,6 +14,7 @@ plus the rollout metrics. Tensors in, tensors out; nothing is kept between itera
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -80,6 +81,38 @@ def from_rollout(exs: list[Example], ro) -> Trajectories:
     """The :class:`Trajectories` of an engine's :class:`~rlhfkit.rl.rollout.Rollout` for ``exs``."""
     return Trajectories(exs, ro.n, ro.completion_ids, ro.logprobs, list(ro.finished), ro.texts,
                         gen_seconds=ro.gen_seconds)
+
+
+def rollout_env(engine, tokenizer, env, exs: list[Example], sampling, *, max_turns: int | None = None,
+                max_tokens: int | None = None, row_offset: int = 0):
+    """Multi-turn episodes of ``env`` (:mod:`rlhfkit.envs`) from each prompt row, ``sampling.n``
+    per row: :class:`Trajectories` whose ``loss_mask`` is 0 on the environment's tokens, and
+    the episodes' rewards as a :class:`~rlhfkit.rewards.base.CombinedScores` (source ``env``, plus
+    the mean of every numeric step-info key, e.g. ``tool_calls`` and ``correct``)."""
+    from ..envs.episodes import run_episodes
+    from ..rewards.base import CombinedScores
+
+    rows = [dict(ex.extra) for ex in exs]
+    t0 = time.perf_counter()
+    eps = run_episodes(engine, tokenizer, env, rows, sampling, max_turns=max_turns, max_total_tokens=max_tokens,
+                       row_offset=row_offset)
+    dt = time.perf_counter() - t0
+    G = max(1, sampling.n)
+    starts = []
+    for p, ex in enumerate(exs):
+        prompt = eps[p * G].prompt_ids
+        if any(e.prompt_ids != prompt for e in eps[p * G:(p + 1) * G]):
+            raise ValueError(f"environment {type(env).__name__}: the episodes of one row started from different "
+                             "prompts; reset(row) must depend on the row only")
+        starts.append(Example(ex.row, prompt, [], extra=ex.extra))
+    traj = Trajectories(starts, G, [e.completion_ids for e in eps], [e.sampler_logps for e in eps],
+                        [e.finished for e in eps], [e.text for e in eps], dt, [e.loss_mask for e in eps])
+    per_source = {"env": [float(e.reward) for e in eps]}
+    keys = sorted({k for e in eps for k, v in e.info.items() if isinstance(v, (int, float))})
+    for k in keys:
+        per_source[k] = [float(e.info.get(k, 0.0)) for e in eps]
+    per_source["turns"] = [float(e.turns) for e in eps]
+    return traj, CombinedScores(per_source["env"], per_source, [])
 
 
 def select_groups(traj: Trajectories, groups: list[int]) -> Trajectories:

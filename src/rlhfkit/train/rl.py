@@ -49,8 +49,9 @@ from ..rl.batches import PolicyWithCritic, RLBatch, critic_of, policy_of  # noqa
 from ..rl.config import (CriticConfig, GRPOConfig, PPOConfig, RLConfig, RolloutConfig,  # noqa: F401
                          importance_level, kl_placement, loss_params, policy_loss_name,
                          validate)  # noqa: F401  (validate: public API)
-from ..rl.experience import (Experience, ExperienceConfig, Models, concat, from_rollout, make_experience,
-                             rollout, rollout_metrics, score, select_groups, with_count)
+from ..envs.base import load_environment
+from ..rl.experience import (Experience, ExperienceConfig, Models, concat, make_experience, rollout,
+                             rollout_env, rollout_metrics, score, select_groups, with_count)
 from ..rl.shaping import groups_with_spread, overlong_penalty
 from ..rl.kl_control import make_kl_controller
 from ..rl.loss import LossConfig, onpolicy_metrics, rl_loss
@@ -103,6 +104,7 @@ class OnlineRL:
         self.pad_id = tokenizer.pad_token_id
         self.ptx: list[Example] = []
         self.prompts: list[Example] = []
+        self.env = load_environment(cfg.env) if cfg.env else None
         self.ptx_pos = 0
         self.state: dict = {}  # saved with every checkpoint
         self.completions = CompletionLog.for_run(cfg.train)  # train.log_completions
@@ -215,8 +217,7 @@ class OnlineRL:
         return traj, res, torch.tensor(res.total, dtype=torch.float32), m
 
     def _rollout_scores(self, exs: list[Example], row_offset: int):
-        traj = rollout(self.engine, exs, self.sampling, row_offset=row_offset)
-        res = score(self.rewards, traj, self.log)
+        traj, res = self.generate_scored(exs, self.sampling, row_offset)
         if self.cfg.overlong_cache > 0:  # docs/algorithms.md#overlong-penalty
             lengths = torch.tensor([len(c) for c in traj.completion_ids], dtype=torch.float32)
             pen = overlong_penalty(lengths, self.cfg.rollout.max_new_tokens, self.cfg.overlong_cache,
@@ -261,41 +262,52 @@ class OnlineRL:
         return rl_loss(policy_of(model), critic_of(model), rb, self.loss_cfg, self.kl_ctl.value)
 
     # ----------------------------------------------------------------- evaluation
+    def generate_scored(self, exs: list[Example], params, row_offset: int = 0):
+        """(Trajectories, scores) of ``exs``: episodes of the environment, or single responses
+        scored by the reward sources."""
+        if self.env is not None:
+            return rollout_env(self.engine, self.tok, self.env, exs, params, max_turns=self.cfg.env_max_turns or None,
+                               max_tokens=self.cfg.env_max_tokens or None, row_offset=row_offset)
+        traj = rollout(self.engine, exs, params, row_offset=row_offset)
+        return traj, score(self.rewards, traj, self.log)
+
     @torch.no_grad()
     def evaluate(self, model, evals: list[Example]) -> dict:
-        policy = policy_of(model)
         res: dict = {}
         greedy = dataclasses.replace(self.sampling, temperature=0.0, n=1)
-        ro = self.engine.generate([ex.prompt for ex in evals], greedy)
-        sc = score(self.rewards, from_rollout(evals, ro), self.log)
+        traj, sc = self.generate_scored(evals, greedy)
         res["greedy/reward"] = sum(sc.total) / len(sc.total)
         for name, vals in sc.per_source.items():
             res[f"greedy/{name}"] = _nanmean(vals)
-        res["greedy/length"] = sum(len(c) for c in ro.completion_ids) / len(ro.completion_ids)
+        res["greedy/length"] = traj.num_tokens / len(traj.completion_ids)
         k = self.cfg.eval_samples
         if k > 0:
-            sp = dataclasses.replace(self.sampling, n=k)
-            ro = self.engine.generate([ex.prompt for ex in evals], sp)
-            sc = score(self.rewards, from_rollout(evals, ro), self.log)
+            traj, sc = self.generate_scored(evals, dataclasses.replace(self.sampling, n=k))
             res["sampled/reward"] = sum(sc.total) / len(sc.total)
             for name, vals in sc.per_source.items():
                 res[f"sampled/{name}"] = _nanmean(vals)
-            res["sampled/length"] = sum(len(c) for c in ro.completion_ids) / len(ro.completion_ids)
-            res["sampled/truncated_frac"] = sum(not f for f in ro.finished) / len(ro.finished)
-            if self.ref is not None:  # KL(π‖π_ref) per sequence, from the policy's own samples
-                total, n = 0.0, 0
-                for i in range(0, len(evals), self.cfg.train.eval_batch_size):
-                    sub = evals[i:i + self.cfg.train.eval_batch_size]
-                    exs = [Example(ex.row, ex.prompt, ro.completion_ids[(i + j) * k:(i + j + 1) * k])
-                           for j, ex in enumerate(sub)]
-                    b = collate(exs, pad_id=self.pad_id, pack_length=self.cfg.train.pack_length).to(
-                        next(policy.parameters()).device)
-                    lp = completion_logprobs(policy, b, chunk=self.chunk, temperature=self.temperature).seq_logps
-                    rp = self.ref.logprobs(b, temperature=self.temperature).seq_logps
-                    total += float((lp - rp).sum())
-                    n += b.num_sequences
-                res["sampled/kl"] = total / max(n, 1)
+            res["sampled/length"] = traj.num_tokens / len(traj.completion_ids)
+            res["sampled/truncated_frac"] = sum(not f for f in traj.finished) / len(traj.finished)
+            if self.ref is not None:
+                res["sampled/kl"] = self._sampled_kl(policy_of(model), traj, k)
         return res
+
+    def _sampled_kl(self, policy, traj, k: int) -> float:
+        """KL(π‖π_ref) per sequence, from the policy's own samples (the policy's tokens only)."""
+        total, n, bs = 0.0, 0, self.cfg.train.eval_batch_size
+        for i in range(0, len(traj.examples), bs):
+            exs = []
+            for j, ex in enumerate(traj.examples[i:i + bs]):
+                rows = range((i + j) * k, (i + j + 1) * k)
+                masks = [traj.loss_mask[r] for r in rows] if traj.loss_mask is not None else None
+                exs.append(Example(ex.row, ex.prompt, [traj.completion_ids[r] for r in rows], masks=masks))
+            b = collate(exs, pad_id=self.pad_id, pack_length=self.cfg.train.pack_length).to(
+                next(policy.parameters()).device)
+            lp = completion_logprobs(policy, b, chunk=self.chunk, temperature=self.temperature).seq_logps
+            rp = self.ref.logprobs(b, temperature=self.temperature).seq_logps
+            total += float((lp - rp).sum())
+            n += b.num_sequences
+        return total / max(n, 1)
 
 
 def _nanmean(vals: list[float]) -> float:
