@@ -68,7 +68,7 @@ class OnlineRL:
     """State of one online-RL run and its iteration (see :meth:`iteration`)."""
 
     def __init__(self, cfg: RLConfig, model, tokenizer, log=print, ref_model=None, critic=None,
-                 rewards=None):
+                 rewards=None, env=None):
         self.cfg, self.tok, self.log = cfg, tokenizer, log
         self.G = cfg.rollout.num_generations
         self.chunk = cfg.train.logprob_chunk
@@ -104,7 +104,7 @@ class OnlineRL:
         self.pad_id = tokenizer.pad_token_id
         self.ptx: list[Example] = []
         self.prompts: list[Example] = []
-        self.env = load_environment(cfg.env) if cfg.env else None
+        self.env = env if env is not None else (load_environment(cfg.env) if cfg.env else None)
         self.ptx_pos = 0
         self.state: dict = {}  # saved with every checkpoint
         self.completions = CompletionLog.for_run(cfg.train)  # train.log_completions
@@ -319,6 +319,7 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
     validate_all(cfg)
     cfg.rewards = [reward_config_from(r) for r in cfg.rewards]
     rewards = build_rewards(cfg.rewards)  # bad references fail before any model is loaded
+    env = load_environment(cfg.env) if cfg.env else None
     if model is None:
         model, tokenizer = load_model(cfg.model)
     disable_dropout(model)
@@ -335,7 +336,7 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
                                     if not k.startswith("lm_head")}, strict=False)
         disable_dropout(critic)
         log(f"[rl] critic initialised from {name or 'the policy'}")
-    rl = OnlineRL(cfg, model, tokenizer, log, ref_model=ref_model, critic=critic, rewards=rewards)
+    rl = OnlineRL(cfg, model, tokenizer, log, ref_model=ref_model, critic=critic, rewards=rewards, env=env)
     rl.prompts = train  # the pool dynamic sampling draws further prompts from
     if cfg.ptx_coef > 0:
         pcfg = dataclasses.replace(cfg.data, path=cfg.ptx_path, rows="", eval_path="", eval_rows="")
