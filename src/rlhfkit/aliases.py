@@ -45,6 +45,13 @@ def _none_is_zero(v):
     return 0 if v is None else v
 
 
+def _tis_or_none(v):
+    if isinstance(v, str) and v.lower() in ("tis", "mis", "none", "auto"):
+        return v.lower()
+    truthy = v is True or (isinstance(v, str) and v.lower() in ("true", "1", "yes"))
+    return "tis" if truthy else "none"
+
+
 def _dtype(v):
     if v == "auto":
         raise ConfigError("torch_dtype/dtype 'auto' is not supported; give float32, bfloat16 or float16")
@@ -140,6 +147,11 @@ ALIASES: tuple[Alias, ...] = (
     Alias("num_mini_batches", "num_minibatches"),
     Alias("loss_type", "loss_agg", "GRPO: grpo | dr_grpo | dapo"),
     Alias("mask_truncated_completions", "mask_truncated"),
+    Alias("importance_sampling_level", "importance_level", "token | sequence (GSPO-style sequence ratio: "
+          "policy_loss gspo)"),
+    Alias("top_entropy_quantile", "entropy_top_q", "train on the top-q highest-entropy tokens"),
+    Alias("vllm_importance_sampling_correction", "correction.mode", "true -> tis, false -> none", _tis_or_none),
+    Alias("vllm_importance_sampling_cap", "correction.cap"),
     Alias("log_completions", "train.log_completions", "true: every logging step (train.logging_steps), "
           "false: off; rlhfkit writes them to RUN_DIR/completions.jsonl", deferred=True),
     Alias("num_completions_to_print", "train.log_completions_rows", "rows logged per step"),

@@ -236,9 +236,13 @@ def entropy_topq_mask(entropy: Tensor, mask: Tensor, top_q: float) -> Tensor:
     if top_q == 1:
         return mask
     keep = mask > 0
-    n = int(keep.sum())
-    k = min(n, math.ceil(top_q * n - 1e-9)) if n else 0
-    return _top(entropy.detach(), keep, k).to(mask.dtype) * mask
+    return _top(entropy.detach(), keep, topq_count(int(keep.sum()), top_q)).to(mask.dtype) * mask
+
+
+def topq_count(n: int, top_q: float) -> int:
+    """How many of ``n`` masked tokens :func:`entropy_topq_mask` keeps: ⌈top_q·n⌉ (the count is
+    known before the forward, so a token-mean loss can be normalised by it)."""
+    return min(n, math.ceil(top_q * n - 1e-9)) if n else 0
 
 
 # --------------------------------------------------------------------------- token losses

@@ -24,6 +24,7 @@ from torch import Tensor
 from ..data.collate import Batch, collate
 from ..data.tokenize import Example
 from ..losses.kl import kl_estimate
+from ..losses.objectives import topq_count
 from ..models.forward import completion_logprobs
 from .advantages import AdvantageInputs, compute_advantages, get_advantage, masked_var, masked_whiten
 from .batches import RLBatch, target_index, token_values
@@ -329,12 +330,15 @@ def slice_updates(parts, grids: dict, G: int, T: int) -> list[RLBatch]:
     return rbs
 
 
-def with_count(rbs: list[RLBatch], loss_agg: str, reduce: Callable | None, world: int) -> list[RLBatch]:
+def with_count(rbs: list[RLBatch], loss_agg: str, reduce: Callable | None, world: int,
+               top_q: float = 1.0) -> list[RLBatch]:
     """Each micro-batch's item count in the loss-aggregation unit, and the update's token total
-    (the value loss is a mean over it on every process)."""
+    (the value loss is a mean over it on every process). With ``top_q`` < 1 (entropy masking) a
+    token mean counts the ⌈q·N⌉ tokens the loss keeps; a sequence mean counts every sequence
+    with response tokens (one whose tokens were all left out contributes 0)."""
     for rb in rbs:
         if loss_agg == "dapo":
-            rb.count = float(rb.mask.sum())
+            rb.count = float(topq_count(int(rb.mask.sum()), top_q) if top_q < 1 else rb.mask.sum())
         else:
             n = rb.mask.new_zeros(rb.batch.num_sequences).index_add(0, rb.batch.tgt_seq, rb.mask)
             rb.count = float((n > 0).sum())

@@ -1,20 +1,29 @@
-"""Online RL: one recipe for PPO, GRPO, RLOO and REINFORCE++ (``advantage:`` picks).
+"""Online RL: one recipe for PPO, GRPO, RLOO and REINFORCE++ (``advantage:`` picks), in
+single-turn tasks or multi-turn environments with tools (``env:``).
 
     rlhfkit grpo --config grpo_arithmetic
     rlhfkit ppo  --config ppo_arithmetic
 
-Every loop step: take ``train.batch_size`` prompts; sample ``rollout.num_generations``
-responses each from the current policy (KV-cache decode); score them with the configured
-rewards; compute the old log-probs (and reference log-probs / critic values) once, without
-gradients, on the very batches the updates will use (with one update per rollout the old
-log-probs are that update's own forward, detached: ``reuse_logps``); turn rewards into per-token
-advantages with the chosen estimator; then run ``num_iterations`` epochs over
-``num_minibatches`` minibatches, one optimizer update each (stopping the epochs early when
-the approximate KL to the rollout policy passes ``target_kl``).
+One iteration reads top to bottom in :meth:`OnlineRL.iteration`:
 
-The G responses of a prompt are packed behind one copy of the prompt (the prompt is
-computed once for the whole group), with the same block-diagonal masks as the offline
-recipes.
+    exp = self.experience(...)        # rollout -> score -> make_experience (rlhfkit.rl.experience)
+    for epoch in range(num_iterations):
+        for minibatch in shuffled(exp.minibatches):
+            rec = update(minibatch)   # one optimizer step (the loss: rlhfkit.rl.loss.rl_loss)
+            engine.sync_weights(policy)
+            if rec["train/approx_kl"] > target_kl: stop the epochs
+
+``experience`` takes ``train.batch_size`` prompts, samples ``rollout.num_generations``
+responses each (or runs that many episodes of the environment), scores them (DAPO's overlong
+penalty and dynamic sampling when configured), and hands the trajectories to
+:func:`~rlhfkit.rl.experience.make_experience`: the packed minibatches (a prompt's G responses
+behind one copy of it), the no-grad passes on those very batches (old log-probs unless the
+update's own forward provides them — ``reuse_logps`` with one update per rollout — reference
+log-probs, critic values), the KL penalty where the estimator's spec puts it, and the
+advantages. The loss of a micro-batch is the registered ``policy_loss`` (PPO's clipped
+surrogate by default; GSPO, CISPO, dual-clip, Clip-Cov, KL-Cov), weighted by the rollout
+correction when the sampler is not the trainer's distribution, plus the KL term when it lives
+in the loss, the entropy bonus, the critic's value loss and PPO-ptx's SFT term.
 
 Where the KL to the reference goes (``kl_in``): in the *reward* for PPO (per token,
 −β·KL on every token before GAE), REINFORCE++ (per token) and RLOO (summed per sequence);
@@ -22,8 +31,7 @@ in the *loss* (+β·KL per token, k3 by default) for GRPO and REINFORCE-baseline
 
 PPO's critic is a separate model with a scalar value head (initialised from the first
 reward model when one is configured, as in InstructGPT, else from the policy's weights):
-separate weights keep the value regression from pulling on the policy's representation,
-and on one CPU the extra 135 M parameters cost ~0.5 GB + their optimizer state.
+separate weights keep the value regression from pulling on the policy's representation.
 """
 
 from __future__ import annotations
@@ -174,7 +182,7 @@ class OnlineRL:
             self.kl_ctl.update(m["rollout/kl"], int(exp.used.sum()))
         updates = []
         for rbs in exp.minibatches:
-            with_count(rbs, cfg.loss_agg, dist_sum(), dist_world())
+            with_count(rbs, cfg.loss_agg, dist_sum(), dist_world(), cfg.entropy_top_q)
             if self.ptx_dataset():
                 rbs[0].ptx = self.next_ptx(next(policy.parameters()).device)
             if sum(rb.count for rb in rbs) > 0:
