@@ -33,8 +33,10 @@ from .errors import ConfigError
 from .models.forward import completion_logprobs
 from .models.loading import load_model
 from .rewards.base import RewardConfig, build_rewards, reward_config_from
+from .backends.base import RuntimeOptions
 from .rl.config import RolloutConfig
-from .rl.rollout import HFBackend, SamplingParams, rollout_options
+from .rl.config import engine_options
+from .rl.rollout import HFBackend, SamplingParams
 
 
 @dataclasses.dataclass
@@ -55,6 +57,8 @@ class EvalConfig:
     """Judges: reward models, verifiers, functions (same forms as the RL recipes)."""
     rollout: RolloutConfig = dataclasses.field(default_factory=lambda: RolloutConfig(
         num_generations=1, max_new_tokens=64, temperature=0.0))
+    runtime: RuntimeOptions = dataclasses.field(default_factory=RuntimeOptions)
+    """The sampler's performance switches (packed weights, lean decoder, shared prefill)."""
     """Sampling of the evaluated responses (default greedy, one per prompt)."""
     nll_path: str = ""
     """Held-out prompt/completion rows (e.g. general text, no task data): the token NLL of the
@@ -143,7 +147,7 @@ def evaluate_policy(cfg: EvalConfig, log=print) -> dict:
     def sample(model, memo_key=None):
         if memo_key is not None and memo_key in _REFERENCE_ROLLOUTS:
             return _REFERENCE_ROLLOUTS[memo_key]
-        ro = HFBackend(model, tok, **{**rollout_options(cfg.rollout), "batch_size": cfg.batch_size}).generate(
+        ro = HFBackend(model, tok, **{**engine_options(cfg.rollout, cfg.runtime), "batch_size": cfg.batch_size}).generate(
             [ex.prompt for ex in exs], params, generator=torch.Generator().manual_seed(cfg.seed))
         if memo_key is not None:
             _REFERENCE_ROLLOUTS.clear()  # one reference at a time: it is the repeated case

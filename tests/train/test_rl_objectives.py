@@ -254,18 +254,21 @@ def test_correction_auto_is_none_with_the_exact_engine(tiny_dir, tmp_path):
     assert plan(trainer).minibatches[0][0].sampler_logp is None  # nothing to correct: not kept
 
 
-def test_correction_auto_is_tis_with_a_bf16_sampling_engine(tiny_dir, tmp_path, monkeypatch):
+def test_correction_auto_is_tis_with_a_bf16_sampling_engine(tiny_dir, tmp_path):
     """A sampler with its own lower-precision weights does not sample the trainer's exact
     distribution: ``auto`` turns the correction on."""
-    from rlhfkit.backends.base import RuntimeOptions
-    from rlhfkit.backends.cpu.engine import CpuEngine
-
-    def bf16_engine(name, model, tokenizer, batch_size=64, **kw):
-        return CpuEngine(model, tokenizer, batch_size, RuntimeOptions(sampler_dtype="bf16"))
-
-    monkeypatch.setattr(rl, "make_backend", bf16_engine)
-    trainer = rl.build(cfg_for(tiny_dir, tmp_path, reuse_logps=False), log=quiet)
-    assert online(trainer).correction == "tis"
+    cfg = cfg_for(tiny_dir, tmp_path, reuse_logps=False)
+    cfg.runtime.sampler_dtype = "bf16"
+    trainer = rl.build(cfg, log=quiet)
+    o = online(trainer)
+    assert o.engine.name == "cpu" and not o.engine.shares_weights
+    assert o.correction == "tis" and o.loss_cfg.correction == "tis"
+    torch.manual_seed(0)
+    rb = plan(trainer).minibatches[0][0]
+    assert rb.sampler_logp is not None  # kept for the correction
+    # the bf16 sampler's log-probs differ from the trainer's fp32 ones, but not by much
+    d = ((rb.sampler_logp - rb.old_logp).abs() * rb.mask).sum() / rb.mask.sum()
+    assert 0 < float(d) < 0.2
 
 
 # ------------------------------------------------------------------ reward functions
@@ -465,7 +468,7 @@ def test_engine_weights_follow_every_optimizer_update(tiny_dir, tmp_path):
     trainer = rl.build(cfg, log=quiet)
     o = online(trainer)
     events = []
-    sync = o.engine.sync_weights
+    sync = o.engine.update_weights
 
     def counted_sync(model):
         events.append(("sync", model is rl.policy_of(trainer.model)))
@@ -479,7 +482,7 @@ def test_engine_weights_follow_every_optimizer_update(tiny_dir, tmp_path):
             return update(batch)
         return iteration(model, mbs, step, logged_update)
 
-    o.engine.sync_weights = counted_sync
+    o.engine.update_weights = counted_sync
     trainer.recipe.iteration = logged_iteration
     trainer.train()
     recs = [r for r in metrics(tmp_path) if "train/loss" in r]

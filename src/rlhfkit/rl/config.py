@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..config import DataConfig, ModelConfig, TrainConfig, check_choice, check_range, did_you_mean
+from ..backends.base import RuntimeOptions
 from ..errors import ConfigError
 from ..losses.kl import KL_ESTIMATORS
 from ..losses.objectives import PolicyLossParams, check_policy_loss
@@ -20,8 +21,11 @@ from .shaping import SCORE_SCALES
 
 @dataclass
 class RolloutConfig:
-    backend: str = "hf"
-    """hf (KV-cache decode loop on the training model; shares its weights)."""
+    backend: str = "auto"
+    """The rollout engine: cpu (the decode loop with the CPU speed work of the ``runtime``
+    section: packed weights, the lean decoder over its own weight copy, bf16/int8 sampling
+    copies) | hf (the model's own forward on the training module) | vllm (GPU, optional extra) |
+    auto (cpu for a model on the CPU, hf otherwise)."""
     num_generations: int = 8
     """Samples per prompt (G)."""
     max_new_tokens: int = 64
@@ -37,19 +41,8 @@ class RolloutConfig:
     """Stop strings (comma-separated on the command line)."""
     batch_size: int = 64
     """Sequences decoded together."""
-    packed_weights: bool = True
-    """CPU decode through oneDNN with the weights reordered once per rollout (same results up to
-    float summation order, one extra weight copy while generating); false = plain PyTorch linears."""
-    lean_decode: bool = True
-    """Llama/Mistral/Qwen2 fp32 models on the CPU decode through a dedicated forward (fused q/k/v
-    and gate/up projections, preallocated cache; same results up to float summation order);
-    false (or another model) = the model's own Hugging Face forward."""
-    shared_prefill: bool = True
-    """A prompt sampled n times is prefilled once and its KV cache copied to its n rows (same
-    results up to float summation order); false = every row prefills its own copy."""
-
     def validate(self, p: str = "rollout.") -> None:
-        check_choice(p + "backend", self.backend, ("hf",))
+        check_choice(p + "backend", self.backend, ("auto", "cpu", "hf", "vllm"))
         check_range(p + "num_generations", self.num_generations, lo=1)
         check_range(p + "max_new_tokens", self.max_new_tokens, lo=1)
         check_range(p + "temperature", self.temperature, lo=0)
@@ -135,6 +128,8 @@ class RLConfig:
         output_dir="runs/grpo", lr=1e-6, batch_size=4, warmup_ratio=0.0, lr_scheduler="constant",
         max_steps=100, eval_batch_size=32))
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    """The rollout engine's performance switches (docs: rlhfkit.backends.base.RuntimeOptions)."""
     rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
     """Reward sources, summed with their weights (YAML list; shorthand: arithmetic, gsm8k, format, model:PATH, fn:module:function)."""
     task: str = ""
@@ -255,6 +250,20 @@ def importance_level(cfg: RLConfig) -> str:
     return get_advantage(cfg.advantage).importance
 
 
+def engine_name(rollout: RolloutConfig, model) -> str:
+    """The engine ``rollout.backend`` names (auto: cpu for a model on the CPU, hf otherwise)."""
+    if rollout.backend != "auto":
+        return rollout.backend
+    return "cpu" if next(model.parameters()).device.type == "cpu" else "hf"
+
+
+def engine_options(rollout: RolloutConfig, runtime: RuntimeOptions) -> dict:
+    """Constructor options of :class:`rlhfkit.rl.rollout.HFBackend` (the evaluation's and online
+    DPO's sampler, which re-reads the weights on every call)."""
+    return dict(batch_size=rollout.batch_size, packed_weights=runtime.packed_weights,
+                lean_decode=runtime.lean_decode, shared_prefill=runtime.shared_prefill)
+
+
 def policy_loss_name(cfg: RLConfig) -> str:
     """The registered policy loss: ``policy_loss``, or for auto ppo / seq_ppo by importance level."""
     if cfg.policy_loss != "auto":
@@ -286,6 +295,7 @@ def validate(cfg: RLConfig) -> None:
     runs the sections' own checks (rollout, critic), so a config built in Python is checked as
     one parsed by build_config."""
     cfg.rollout.validate()
+    cfg.runtime.validate()
     cfg.critic.validate()
     cfg.correction.validate()
     cfg.scale_rewards = _scale(cfg.scale_rewards)

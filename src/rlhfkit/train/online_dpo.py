@@ -34,9 +34,11 @@ from ..errors import ConfigError
 from ..models.forward import unwrap
 from ..models.loading import load_model
 from ..rewards.base import RewardConfig, build_rewards, reward_config_from
+from ..backends.base import RuntimeOptions
 from ..rl.config import RolloutConfig
 from ..rl.experience import Trajectories, from_rollout, score
-from ..rl.rollout import HFBackend, SamplingParams, rollout_options
+from ..rl.config import engine_options
+from ..rl.rollout import HFBackend, SamplingParams
 from . import dpo
 from .checkpoint import latest_checkpoint, load_state, save_state
 from .completions import CompletionLog
@@ -59,6 +61,8 @@ class OnlineDPOConfig:
     rewards: list[RewardConfig] = dataclasses.field(default_factory=lambda: [RewardConfig()])
     """The labeller: reward sources whose weighted sum ranks the sampled responses."""
     rollout: RolloutConfig = dataclasses.field(default_factory=lambda: RolloutConfig(num_generations=4))
+    runtime: RuntimeOptions = dataclasses.field(default_factory=RuntimeOptions)
+    """The sampler's performance switches (packed weights, lean decoder, shared prefill)."""
     rounds: int = 2
     prompts_per_round: int = 64
     reference_update: str = "fixed"
@@ -95,7 +99,7 @@ def make_pairs(exs: list[Example], completions: list[list[int]], scores: list[fl
 def evaluate(model, tok, rewards, evals: list[Example], cfg: OnlineDPOConfig,
              generator: torch.Generator | None = None) -> dict:
     model.eval()
-    be = HFBackend(model, tok, **rollout_options(cfg.rollout))
+    be = HFBackend(model, tok, **engine_options(cfg.rollout, cfg.runtime))
     base = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                           top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=list(cfg.rollout.stop))
     g = be.generate([e.prompt for e in evals], dataclasses.replace(base, temperature=0.0, n=1))
@@ -171,7 +175,7 @@ def _rounds(cfg: OnlineDPOConfig, log, trackers: list) -> dict:
         start = ((r - 1) * cfg.prompts_per_round) % len(train)
         exs = [train[(start + i) % len(train)] for i in range(min(cfg.prompts_per_round, len(train)))]
         model.eval()
-        be = HFBackend(model, tok, **rollout_options(cfg.rollout))
+        be = HFBackend(model, tok, **engine_options(cfg.rollout, cfg.runtime))
         traj = from_rollout(exs, be.generate([e.prompt for e in exs], params, gen))
         res = score(rewards, traj, log)
         scores = res.total

@@ -10,7 +10,7 @@ One iteration reads top to bottom in :meth:`OnlineRL.iteration`:
     for epoch in range(num_iterations):
         for minibatch in shuffled(exp.minibatches):
             rec = update(minibatch)   # one optimizer step (the loss: rlhfkit.rl.loss.rl_loss)
-            engine.sync_weights(policy)
+            engine.update_weights(policy)
             if rec["train/approx_kl"] > target_kl: stop the epochs
 
 ``experience`` takes ``train.batch_size`` prompts, samples ``rollout.num_generations``
@@ -55,7 +55,7 @@ from ..rewards.base import CombinedScores, build_rewards, reward_config_from
 from ..rl.advantages import get_advantage
 from ..rl.batches import PolicyWithCritic, RLBatch, critic_of, policy_of  # noqa: F401  (policy_of: public API)
 from ..rl.config import (CriticConfig, GRPOConfig, PPOConfig, RLConfig, RolloutConfig,  # noqa: F401
-                         importance_level, kl_placement, loss_params, policy_loss_name,
+                         engine_name, importance_level, kl_placement, loss_params, policy_loss_name,
                          validate)  # noqa: F401  (validate: public API)
 from ..envs.base import load_environment
 from ..rl.experience import (Experience, ExperienceConfig, Models, concat, make_experience, rollout,
@@ -64,7 +64,8 @@ from ..rl.shaping import groups_with_spread, overlong_penalty
 from ..rl.kl_control import make_kl_controller
 from ..rl.loss import LossConfig, onpolicy_metrics, rl_loss
 from ..rl.monitors import RewardHackingMonitor
-from ..rl.rollout import SamplingParams, check_kv_cache, make_backend, rollout_options
+from ..backends import make_engine
+from ..rl.rollout import SamplingParams, check_kv_cache
 from .common import LossOutput, dist_rank, dist_sum, dist_world, save_model
 from .completions import CompletionLog
 from .loop import Recipe, Trainer, start_run
@@ -108,7 +109,8 @@ class OnlineRL:
         # checks again with the real prompt lengths)
         rows = min(cfg.rollout.batch_size, cfg.train.batch_size * cfg.train.grad_accum * self.G)
         check_kv_cache(model, rows, cfg.rollout.max_new_tokens + 1)
-        self.engine = make_backend(cfg.rollout.backend, model, tokenizer, **rollout_options(cfg.rollout))
+        self.engine = make_engine(engine_name(cfg.rollout, model), model, tokenizer,
+                                  batch_size=cfg.rollout.batch_size, runtime=cfg.runtime)
         self.pad_id = tokenizer.pad_token_id
         self.ptx: list[Example] = []
         self.prompts: list[Example] = []
@@ -118,7 +120,7 @@ class OnlineRL:
         self.completions = CompletionLog.for_run(cfg.train)  # train.log_completions
         self.correction = cfg.correction.mode
         if self.correction == "auto":  # correct only a sampler that is not the trainer's distribution
-            self.correction = "none" if getattr(self.engine, "exact_logprobs", True) else "tis"
+            self.correction = "none" if exact_logprobs(self.engine) else "tis"
         self.loss_cfg = LossConfig(
             policy_loss=policy_loss_name(cfg), params=loss_params(cfg), entropy_top_q=cfg.entropy_top_q,
             correction=self.correction, correction_level=cfg.correction.level, correction_cap=cfg.correction.cap,
@@ -138,7 +140,7 @@ class OnlineRL:
         for epoch in range(cfg.num_iterations):
             for u in torch.randperm(len(exp.minibatches), generator=exp.order).tolist():
                 rec = update(exp.minibatches[u])              # one optimizer step
-                self.engine.sync_weights(policy_of(model))    # the sampler follows the new weights
+                self.engine.update_weights(policy_of(model))  # the sampler follows the new weights
                 for k, v in rec["sums"].items():
                     sums[k] = sums.get(k, 0.0) + v
                 if cfg.target_kl > 0 and rec.get("train/approx_kl", 0.0) > cfg.target_kl:
@@ -316,6 +318,15 @@ class OnlineRL:
             total += float((lp - rp).sum())
             n += b.num_sequences
         return total / max(n, 1)
+
+
+def exact_logprobs(engine) -> bool:
+    """Whether the engine's log-probs are those of the trainer's own distribution: not for vLLM
+    (other kernels) or a bf16/int8 sampling copy (``runtime.sampler_dtype``)."""
+    if getattr(engine, "name", "") == "vllm":
+        return False
+    rt = getattr(engine, "runtime", None)
+    return rt is None or rt.sampler_dtype == "fp32"
 
 
 def _nanmean(vals: list[float]) -> float:

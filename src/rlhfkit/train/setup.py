@@ -7,9 +7,12 @@ import math
 
 import torch
 
+from ..backends.cpu.memory import return_freed_memory  # noqa: F401  (re-exported)
 from ..config import TrainConfig
 from ..errors import TrainingError
 from .trackers import require_trackers
+
+__all__ = ["check_train_config", "make_optimizer", "make_scheduler", "return_freed_memory", "start_run"]
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -17,24 +20,6 @@ def check_train_config(cfg: TrainConfig) -> None:
     trackers in ``train.report_to`` that are not installed."""
     cfg.validate()
     require_trackers(cfg.report_to)
-
-
-def return_freed_memory(threshold: int = 1 << 20) -> bool:
-    """Make glibc serve allocations of ``threshold`` bytes and more from their own mappings, so
-    freeing them returns the memory to the OS instead of leaving reusable but resident holes in
-    the heap (which is what lets a CPU run's peak RSS creep up over the first steps). False
-    where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        if not hasattr(libc, "gnu_get_libc_version"):
-            return False
-        M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
-    except (OSError, AttributeError):
-        return False
 
 
 def start_run(cfg: TrainConfig) -> None:
