@@ -272,27 +272,36 @@ class OnlineRL:
         return rl_loss(policy_of(model), critic_of(model), rb, self.loss_cfg, self.kl_ctl.value)
 
     # ----------------------------------------------------------------- evaluation
-    def generate_scored(self, exs: list[Example], params, row_offset: int = 0):
+    def generate_scored(self, exs: list[Example], params, row_offset: int = 0, engine=None):
         """(Trajectories, scores) of ``exs``: episodes of the environment, or single responses
         scored by the reward sources."""
+        engine = engine if engine is not None else self.engine
         if self.env is not None:
-            return rollout_env(self.engine, self.tok, self.env, exs, params, max_turns=self.cfg.env_max_turns or None,
+            return rollout_env(engine, self.tok, self.env, exs, params, max_turns=self.cfg.env_max_turns or None,
                                max_tokens=self.cfg.env_max_tokens or None, row_offset=row_offset)
-        traj = rollout(self.engine, exs, params, row_offset=row_offset)
+        traj = rollout(engine, exs, params, row_offset=row_offset)
         return traj, score(self.rewards, traj, self.log)
 
     @torch.no_grad()
     def evaluate(self, model, evals: list[Example]) -> dict:
+        """Held-out prompts, greedy and sampled, from the policy's exact weights (an engine with a
+        bf16/int8 or vLLM copy is replaced by the in-process decode loop for evaluation)."""
         res: dict = {}
+        engine = self.engine
+        if not exact_logprobs(engine):
+            policy = policy_of(model)
+            name = "cpu" if next(policy.parameters()).device.type == "cpu" else "hf"
+            engine = make_engine(name, policy, self.tok, batch_size=self.cfg.rollout.batch_size,
+                                 runtime=dataclasses.replace(self.cfg.runtime, sampler_dtype="fp32"))
         greedy = dataclasses.replace(self.sampling, temperature=0.0, n=1)
-        traj, sc = self.generate_scored(evals, greedy)
+        traj, sc = self.generate_scored(evals, greedy, engine=engine)
         res["greedy/reward"] = sum(sc.total) / len(sc.total)
         for name, vals in sc.per_source.items():
             res[f"greedy/{name}"] = _nanmean(vals)
         res["greedy/length"] = traj.num_tokens / len(traj.completion_ids)
         k = self.cfg.eval_samples
         if k > 0:
-            traj, sc = self.generate_scored(evals, dataclasses.replace(self.sampling, n=k))
+            traj, sc = self.generate_scored(evals, dataclasses.replace(self.sampling, n=k), engine=engine)
             res["sampled/reward"] = sum(sc.total) / len(sc.total)
             for name, vals in sc.per_source.items():
                 res[f"sampled/{name}"] = _nanmean(vals)
