@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.losses.preference import (PREFERENCE_LOSSES, PairLogps, get_preference_loss,
+from rlhfkit.losses.preference import (PREFERENCE_LOSSES, PREFERENCE_SPECS, PairLogps, get_preference_loss,
                                        needs_reference, register_preference_loss)
 
 BATCH = {
@@ -429,6 +429,7 @@ def test_register_new_loss():
             register_preference_loss("_test_zero")(_zero)
     finally:
         PREFERENCE_LOSSES.pop("_test_zero")
+        PREFERENCE_SPECS.pop("_test_zero")
     with pytest.raises(ConfigError):
         get_preference_loss("_test_zero")
 
@@ -450,3 +451,15 @@ def test_rpo_nll_hand_values():
     e = torch.zeros(0)
     term, m = rpo_nll(PairLogps(e, e, None, None, e, e), 1.0)
     assert term.numel() == 0 and m["rpo_nll"] == m["rpo_nll"]
+
+
+def test_specs_carry_what_the_recipe_reads():
+    """The DPO recipe's rules come from the specs: TDPO needs token KL (and a live reference),
+    simpo/orpo no reference; each spec's params are the loss's keyword arguments."""
+    from rlhfkit.losses.preference import get_preference_spec
+
+    assert get_preference_spec("tdpo").needs_token_kl
+    assert get_preference_spec("tdpo").params == ("tdpo_alpha", "tdpo_variant")
+    assert not any(get_preference_spec(n).needs_token_kl for n in NAMES - {"tdpo"})
+    assert {n for n in NAMES if not get_preference_spec(n).needs_reference} == {"simpo", "orpo"}
+    assert get_preference_spec("sigmoid").params == ("label_smoothing",)

@@ -68,17 +68,36 @@ class PairLogps:
 
 PreferenceLoss = Callable[..., tuple[Tensor, dict]]
 PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {}
-_REFERENCE_FREE: set[str] = set()
 
 
-def register_preference_loss(name: str, *, needs_reference: bool = True):
-    """Decorator: ``@register_preference_loss("sigmoid")`` adds a loss to the registry."""
+@dataclass(frozen=True)
+class PreferenceLossSpec:
+    """A pair loss and what it needs: the rules the DPO recipe reads from here."""
+
+    name: str
+    fn: PreferenceLoss
+    needs_reference: bool = True
+    """Reads reference log-probs (False for simpo and orpo)."""
+    needs_token_kl: bool = False
+    """Reads the per-sequence sum of token-level KL(π_ref ‖ π_θ) (TDPO): the recipe keeps a live
+    reference and asks the forward for hidden states."""
+    params: tuple[str, ...] = ()
+    """Its keyword parameters besides ``beta`` (config keys of the same names)."""
+
+
+PREFERENCE_SPECS: dict[str, PreferenceLossSpec] = {}
+
+
+def register_preference_loss(name: str, *, needs_reference: bool = True, needs_token_kl: bool = False):
+    """Decorator: ``@register_preference_loss("tdpo", needs_token_kl=True)`` adds a loss and its
+    :class:`PreferenceLossSpec` (its parameters are its keyword-only arguments besides ``beta``)."""
     def deco(fn: PreferenceLoss) -> PreferenceLoss:
         if name in PREFERENCE_LOSSES:
             raise ValueError(f"preference loss '{name}' is already registered")
+        params = tuple(p.name for p in inspect.signature(fn).parameters.values()
+                       if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != "beta")
         PREFERENCE_LOSSES[name] = fn
-        if not needs_reference:
-            _REFERENCE_FREE.add(name)
+        PREFERENCE_SPECS[name] = PreferenceLossSpec(name, fn, needs_reference, needs_token_kl, params)
         return fn
     return deco
 
@@ -103,10 +122,15 @@ def loss_parameters(name: str) -> dict[str, object]:
             if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != "beta"}
 
 
+def get_preference_spec(name: str) -> PreferenceLossSpec:
+    """The spec of ``name``; an unknown name is a ConfigError listing them all."""
+    _check_name(name)
+    return PREFERENCE_SPECS[name]
+
+
 def needs_reference(name: str) -> bool:
     """Whether loss ``name`` reads reference log-probs (False for simpo and orpo)."""
-    _check_name(name)
-    return name not in _REFERENCE_FREE
+    return get_preference_spec(name).needs_reference
 
 
 # --------------------------------------------------------------------------- helpers
@@ -297,7 +321,7 @@ def orpo_loss(batch: PairLogps, *, beta: float, orpo_lambda: float = 0.1
     return loss, _metrics(batch, beta * m_w, beta * m_l, {"nll": nll, "log_odds_ratio": lor})
 
 
-@register_preference_loss("tdpo")
+@register_preference_loss("tdpo", needs_token_kl=True)
 def tdpo_loss(batch: PairLogps, *, beta: float, tdpo_alpha: float = 0.5, tdpo_variant: int = 1
               ) -> tuple[Tensor, dict]:
     """Token-level DPO (Zeng et al. 2024): -log σ(βΔ - β·δ) with sequential KLs.

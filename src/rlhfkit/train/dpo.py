@@ -22,7 +22,7 @@ from ..data.pipeline import load_examples
 from ..data.tokenize import Example
 from ..errors import ConfigError, DataError
 from ..losses.listwise import plackett_luce_loss
-from ..losses.preference import (F_DIVERGENCES, PREFERENCE_LOSSES, PairLogps, get_preference_loss,
+from ..losses.preference import (F_DIVERGENCES, PREFERENCE_LOSSES, PairLogps, get_preference_loss, get_preference_spec,
                                 loss_parameters, needs_reference, rpo_nll)
 from ..models.forward import completion_logprobs, lm_head, segment_sum
 from ..models.loading import load_model
@@ -142,7 +142,7 @@ DPOConfig.validate = validate
 
 def dpo_step(model, batch, ref: Reference, cfg: DPOConfig, chunk: int):
     """One micro-batch: (sum of per-pair / per-list losses, metrics)."""
-    tdpo = cfg.loss_type == "tdpo"
+    tdpo = cfg.loss_type != "plackett_luce" and get_preference_spec(cfg.loss_type).needs_token_kl
     out = completion_logprobs(model, batch, chunk=chunk, return_hidden=tdpo)
     ref_seq, seq_kl = None, None
     if tdpo:
@@ -222,7 +222,7 @@ def build(cfg: DPOConfig, log=print, model=None, tokenizer=None, examples=None, 
         _sft_reference(model, train, collate_fn, cfg, log)
     ref_needed = cfg.loss_type == "plackett_luce" or needs_reference(cfg.loss_type)
     mode = choose_mode(cfg.reference, needs_reference=ref_needed, lora=cfg.model.lora.r > 0,
-                       needs_live=cfg.loss_type == "tdpo")
+                       needs_live=cfg.loss_type != "plackett_luce" and get_preference_spec(cfg.loss_type).needs_token_kl)
     if mode == "model" and ref_model is None:
         ref_model = load_model(cfg.ref_model)[0] if cfg.ref_model else copy.deepcopy(
             model.get_base_model() if hasattr(model, "get_base_model") else model)
