@@ -116,6 +116,11 @@ class RolloutEngine:
     def update_weights(self, model) -> None:
         """Make the next ``generate`` sample from ``model``'s current weights."""
 
+    def release(self) -> None:
+        """Free what the engine holds only for sampling (e.g. a copy of the weights) until the next
+        ``generate``; the training loop calls it when a rollout is done, so the copy does not sit
+        in memory through the update."""
+
     def sync_weights(self, model) -> None:
         """Former name of :meth:`update_weights`."""
         self.update_weights(model)

@@ -23,7 +23,13 @@ LOCK_FILE = ".rlhfkit.lock"
 RUN_MARKERS = ("metrics.jsonl", "final", "best")
 ALWAYS_ALLOWED = ("train.resume", "train.resume_allow", "train.overwrite", "train.progress", "train.threads",
                   "train.tensorboard", "train.report_to", "train.log_completions", "train.log_completions_rows",
-                  "train.return_freed_memory")
+                  "train.return_freed_memory",
+                  # the engine's speed switches keep the sampled distribution (up to float summation
+                  # order); runtime.sampler_dtype does not, so it is not here. The rollout.* three are
+                  # the names these had before the runtime section.
+                  "runtime.packed_weights", "runtime.lean_decode", "runtime.shared_prefill",
+                  "runtime.return_freed_memory", "runtime.vllm_gpu_memory_utilization",
+                  "rollout.packed_weights", "rollout.lean_decode", "rollout.shared_prefill")
 """Config keys a resume may change without ``train.resume_allow``: they do not change what is trained."""
 
 

@@ -61,6 +61,9 @@ class CpuEngine(InProcessEngine):
         self.model = model
         self._weights = None  # remade from the model's weights at the next generate
 
+    def release(self) -> None:
+        self._weights = None  # remade (from the current weights) at the next generate
+
     def decoder_weights(self, rows: int | None = None) -> DecoderWeights:
         """The engine's copy of the weights, made now if there is none (``rows``: the batch
         width the reordered layout is chosen for; default the engine's batch size)."""
