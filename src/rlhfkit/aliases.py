@@ -33,6 +33,10 @@ import yaml
 from .errors import ConfigError
 
 
+MOVED_KEYS = {f"rollout.{k}": f"runtime.{k}" for k in ("packed_weights", "lean_decode", "shared_prefill")}
+"""Keys that moved to another section (old -> new): an old config naming one is told where it went."""
+
+
 def _max_steps(v):
     return 0 if v in (-1, "-1") else v  # TRL: -1 = derived from epochs; rlhfkit: 0
 

@@ -1,8 +1,7 @@
 """Typed configuration: dataclasses filled from YAML files and ``--dotted.key value`` flags.
 
-Every recipe config is a dataclass whose fields are scalars or nested dataclasses
-(``model``, ``data``, ``train``). Unknown keys and values of the wrong type are errors that
-name the key, so a typo never silently falls back to a default.
+Every recipe config is a dataclass whose fields are scalars or nested dataclasses (``model``,
+``data``, ``train``). Unknown keys and wrong types are errors naming the key: no silent default.
 """
 
 from __future__ import annotations
@@ -337,16 +336,14 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     return value
 
 
-MOVED_KEYS = {f"rollout.{k}": f"runtime.{k}" for k in ("packed_weights", "lean_decode", "shared_prefill")}
-"""Keys that moved to another section: an old config naming one is told where it went."""
 
 
 def _unknown(key: str, valid: list[str], root: Any = None) -> ConfigError:
     """Unknown key: suggests the closest key here, or the closest TRL alias of ``root`` (a
     recipe config class) with the key it stands for."""
-    if key in MOVED_KEYS:
-        return ConfigError(f"config key '{key}' is now '{MOVED_KEYS[key]}' (the rollout engine's performance "
-                           "switches have their own section, runtime:); rename it")
+    from .aliases import MOVED_KEYS
+    if key in MOVED_KEYS:  # a key that moved to another section: say where it went
+        return ConfigError(f"config key '{key}' is now '{MOVED_KEYS[key]}' (the engine's speed switches: runtime:)")
     name, prefix = key.split(".")[-1], key.rpartition(".")[0]
     names: dict[str, str] = {v: "" for v in valid}  # candidate -> what it stands for
     if root is not None:

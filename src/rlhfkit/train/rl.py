@@ -166,7 +166,9 @@ class OnlineRL:
         if "kl_ctl" in self.state:  # the controller's value as checkpointed (resume-safe)
             self.kl_ctl.load_state_dict(self.state["kl_ctl"])
         traj, res, scores, m = self.sample(exs, step)
-        self.engine.release()  # the sampling copy of the weights is not kept through the update
+        release = getattr(self.engine, "release", None)  # optional in an engine of one's own
+        if release is not None:
+            release()  # the sampling copy of the weights is not kept through the update
         exs = traj.examples  # dynamic sampling may have replaced some prompts
         reuse = (cfg.reuse_logps and cfg.num_iterations == 1 and cfg.num_minibatches == 1 and cfg.kl_target <= 0
                  and (self.ref is None or self.kl_where == "loss"))
