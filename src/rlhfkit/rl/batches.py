@@ -9,7 +9,6 @@ import torch
 from torch import Tensor, nn
 
 from ..data.collate import Batch
-from ..losses.kl import kl_estimate
 from ..models.forward import hidden_states, unwrap
 
 @dataclass
@@ -31,32 +30,6 @@ class RLBatch:
     @property
     def num_real_tokens(self) -> int:
         return self.batch.num_real_tokens
-
-
-class OnPolicyStats:
-    """Rollout metrics that need the rollout policy's log-probs, gathered from each update's
-    own forward when no separate old-log-prob pass ran (``RLConfig.reuse_logps``): the mean
-    per-sequence KL to the reference (k1 and k3) and the sampler's mean |Δ log-prob|."""
-
-    def __init__(self):
-        self.k1 = self.k3 = self.diff = self.tokens = self.seqs = 0.0
-
-    def add(self, logp: Tensor, rb: RLBatch) -> None:
-        m = rb.mask
-        self.seqs += rb.batch.num_sequences
-        if rb.ref_logp is not None:
-            self.k1 += float(((logp - rb.ref_logp) * m).sum())
-            self.k3 += float((kl_estimate(logp, rb.ref_logp, "k3") * m).sum())
-        if rb.sampler_logp is not None:
-            self.diff += float(((rb.sampler_logp - logp).abs() * m).sum())
-            self.tokens += float(m.sum())
-
-    def write(self, m: dict, ref: bool, sampler: bool) -> None:
-        if ref:
-            m["rollout/kl"] = self.k1 / self.seqs if self.seqs else 0.0
-            m["rollout/kl_k3"] = self.k3 / self.seqs if self.seqs else 0.0
-        if sampler:
-            m["rollout/sampler_logp_diff"] = self.diff / max(self.tokens, 1.0)
 
 
 class PolicyWithCritic(nn.Module):

@@ -81,7 +81,6 @@ class OnlineRL:
         self.cfg, self.tok, self.log = cfg, tokenizer, log
         self.G = cfg.rollout.num_generations
         self.chunk = cfg.train.logprob_chunk
-        self.importance = importance_level(cfg)
         # log-probs of sampled tokens (old, new, reference, evaluation KL) are taken under the
         # sampling temperature: the samples come from softmax(z/T) (docs/algorithms.md#temperature)
         self.temperature = cfg.rollout.temperature
