@@ -91,7 +91,7 @@ def _config_help(cls) -> str:
             lines.append(f"\n{sec}:")
         obj = inst
         for part in key.split("."):
-            obj = getattr(obj, part)
+            obj = getattr(obj, part) if hasattr(obj, part) else getattr(obj, part + "_")  # async -> async_
         trl = aliases_of(cls, key)
         extra = f"; TRL: {', '.join(trl)}" if trl else ""
         lines.append(f"  --{key} (default {_show(obj)}{extra})" + (f"\n      {doc}" if doc else ""))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import keyword
 import math
 import os
 import re
@@ -74,8 +76,6 @@ def validate_all(cfg: Any, prefix: str = "") -> Any:
             validate_all(val, prefix + f.name + ".")
     fn = getattr(cfg, "validate", None)
     if callable(fn):
-        import inspect
-
         fn(prefix) if len(inspect.signature(fn).parameters) >= 1 else fn()
     return cfg
 
@@ -115,15 +115,13 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     """sdpa | eager | flash_attention_2."""
     segment_attention: bool = True
-    """With sdpa: packed training rows attend one sample block at a time (rlhfkit.models.segments),
-    so no score is computed between samples that cannot see each other; same results up to float
-    summation order. Generation is unaffected."""
+    """With sdpa: packed rows attend one sample block at a time (rlhfkit.models.segments): no scores
+    between samples that cannot see each other; same results up to float summation order."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in backward instead of keeping them: much
     less memory for long sequences and big batches, about a third more compute."""
     gradient_checkpointing_every: int = 1
-    """With gradient_checkpointing: checkpoint every N-th decoder layer only (less recompute,
-    less memory saved)."""
+    """With gradient_checkpointing: checkpoint every N-th layer only (less recompute, less memory saved)."""
 
     def validate(self, p: str = "model.") -> None:
         check_choice(p + "dtype", self.dtype, ("float32", "bfloat16", "float16"))
@@ -178,9 +176,8 @@ class DataConfig:
 
 
 def in_memory_paths(data: "DataConfig") -> None:
-    """Replace an in-memory ``path`` / ``eval_path`` (a ``datasets.Dataset`` or a list of dicts)
-    by its ``memory:<sha256>`` handle (:func:`rlhfkit.data.loading.register_rows`), so the config
-    stays plain text (run.json, resume checks, the model card) and names the rows' content."""
+    """Replace an in-memory ``path`` / ``eval_path`` (a ``datasets.Dataset`` or a list of dicts) by its
+    ``memory:<sha256>`` handle (rlhfkit.data.loading.register_rows): the config stays plain text."""
     from .data.loading import is_in_memory, register_rows
 
     for key in ("path", "eval_path"):
@@ -212,8 +209,7 @@ class TrainConfig(TrackingConfig):
     """Gradient clipping (0 = off)."""
     return_freed_memory: bool = False
     """Give freed tensor memory back to the OS at once (glibc: blocks from 1 MiB get their own
-    mapping) instead of keeping it in the heap: lower peak RSS (SFT with checkpointing: 3.17 ->
-    2.60 GB), about a quarter more time. Linux/glibc only."""
+    mapping) instead of keeping it in the heap: lower peak RSS, more allocator time. Linux/glibc only."""
     fused_optimizer: bool = True
     """AdamW as one fused kernel per parameter (no whole-model temporaries; the same update
     within float rounding); false = PyTorch's default AdamW implementation for the device."""
@@ -225,12 +221,10 @@ class TrainConfig(TrackingConfig):
     save_total_limit: int = 2
     """Checkpoints kept."""
     save_optimizer: bool = False
-    """Also keep a resumable checkpoint (optimizer, scheduler and RNG state) when the run ends;
-    false = the end of a run writes only the model (final/). Checkpoints under save_steps and
-    those written on SIGTERM / Ctrl-C always hold the full state."""
+    """Also keep a resumable checkpoint (optimizer, scheduler, RNG) when the run ends (false: only final/);
+    checkpoints of save_steps and those written on SIGTERM / Ctrl-C always hold the full state."""
     push_to_hub: bool = False
-    """Upload final/ to the Hugging Face Hub as hub_model_id when the run ends (needs a token:
-    `hf auth login` or HF_TOKEN)."""
+    """Upload final/ to the Hugging Face Hub as hub_model_id at the end (`hf auth login` or HF_TOKEN)."""
     hub_model_id: str = ""
     """Hub repository for push_to_hub: 'name' (under your account) or 'owner/name'."""
     resume: bool = False
@@ -284,6 +278,11 @@ class TrainConfig(TrackingConfig):
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def key_of(name: str) -> str:
+    """The config key of a field: a Python keyword is spelt with a trailing _ (``async_`` is ``async``)."""
+    return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -370,16 +369,17 @@ def apply_dict(cfg: Any, values: dict, prefix: str = "", root: Any = None) -> An
     if not isinstance(values, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '(top)'}' must be a mapping")
     types_ = _field_types(type(cfg))
+    names = {key_of(n): n for n in types_}
     root = root if root is not None else (type(cfg) if not prefix else None)
     for key, value in values.items():
         full = prefix + str(key)
-        if key not in types_:
-            raise _unknown(full, list(types_), root)
-        current = getattr(cfg, key)
+        if key not in names:
+            raise _unknown(full, list(names), root)
+        current = getattr(cfg, names[key])
         if dataclasses.is_dataclass(current):
             apply_dict(current, value, full + ".", root)
         else:
-            setattr(cfg, key, _coerce(value, types_[key], full))
+            setattr(cfg, names[key], _coerce(value, types_[names[key]], full))
     return cfg
 
 
@@ -459,7 +459,7 @@ def build_config(cls, config_path: str | None = None, overrides: list[tuple[str,
 def to_dict(cfg: Any) -> dict:
     """The config as plain data (an in-memory dataset as its ``memory:<sha256>`` handle)."""
     _in_memory_everywhere(cfg)
-    return dataclasses.asdict(cfg)
+    return dataclasses.asdict(cfg, dict_factory=lambda kv: {key_of(k): v for k, v in kv})
 
 
 def _in_memory_everywhere(cfg: Any) -> None:
@@ -474,7 +474,6 @@ def describe(cls, prefix: str = "", inst: Any = None) -> list[tuple[str, str, st
     """(key, default, doc) for every field, for ``--help`` output (defaults as the recipe
     sets them, e.g. its own output_dir and lr)."""
     import ast
-    import inspect
 
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):  # base classes first, so subclasses may re-document
@@ -496,5 +495,5 @@ def describe(cls, prefix: str = "", inst: Any = None) -> list[tuple[str, str, st
         if dataclasses.is_dataclass(val):
             out += describe(type(val), prefix + f.name + ".", val)
         else:
-            out.append((prefix + f.name, repr(val), docs.get(f.name, "")))
+            out.append((prefix + key_of(f.name), repr(val), docs.get(f.name, "")))
     return out

@@ -29,6 +29,8 @@ def recipe_args(recipe: str, data: dict) -> list[str]:
         return [recipe, "--data.path", data["pairs"], "--data.eval_path", data["eval"], *extra]
     if recipe == "grpo":
         return ["grpo", *RL, "--kl_coef", "0.05"]
+    if recipe == "grpo_async":  # the checkpoint holds the rollout sampled ahead for the next step
+        return ["grpo", *RL, "--kl_coef", "0.05", "--rollout.async", "true"]
     return ["ppo", *RL]
 
 
@@ -44,7 +46,7 @@ def records(out):
     return [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
 
 
-@pytest.mark.parametrize("recipe", ["sft", "rm", "dpo", "kto", "grpo", "ppo"])
+@pytest.mark.parametrize("recipe", ["sft", "rm", "dpo", "kto", "grpo", "grpo_async", "ppo"])
 def test_kill9_and_resume_matches_uninterrupted(recipe, tiny_dir, tmp_path):
     probs = make_problems(40, seed=3)
     data = {"model": tiny_dir,
@@ -88,7 +90,7 @@ def test_kill9_and_resume_matches_uninterrupted(recipe, tiny_dir, tmp_path):
     for k, v in eval_a.items():
         if isinstance(v, float):
             assert eval_b[k] == pytest.approx(v, abs=1e-6), k
-    if recipe in ("grpo", "ppo"):  # the same rollouts after the restart
+    if recipe in ("grpo", "grpo_async", "ppo"):  # the same rollouts after the restart
         ya = [x["rollout/reward"] for x in ra if "rollout/reward" in x]
         yb = [x["rollout/reward"] for x in rb if "rollout/reward" in x]
         assert yb == pytest.approx(ya, abs=1e-9) and len(set(ya)) > 1

@@ -41,6 +41,11 @@ class RolloutConfig:
     """Stop strings (comma-separated on the command line)."""
     batch_size: int = 64
     """Sequences decoded together."""
+    async_: bool = False
+    """``rollout.async``: sample step k+1 in a worker thread while step k updates, from a copy of the
+    weights before that update (one step off-policy; correction.mode auto = tis). One more copy
+    of the policy's weights in memory. docs/algorithms.md#async-rollout."""
+
     def validate(self, p: str = "rollout.") -> None:
         check_choice(p + "backend", self.backend, ("auto", "cpu", "hf", "vllm"))
         check_range(p + "num_generations", self.num_generations, lo=1)
@@ -49,6 +54,8 @@ class RolloutConfig:
         check_range(p + "top_p", self.top_p, lo=0, hi=1, lo_open=True)
         check_range(p + "top_k", self.top_k, lo=0)
         check_range(p + "batch_size", self.batch_size, lo=1)
+        if not isinstance(self.async_, bool):
+            raise ConfigError(f"{p}async must be true or false (got {self.async_!r})")
 
 
 @dataclass

@@ -72,10 +72,12 @@ class Experience:
     used: Tensor | None = None        # (N,) sequences kept for the updates (not in a filtered group)
 
 
-def rollout(engine, exs: list[Example], sampling, row_offset: int = 0) -> Trajectories:
+def rollout(engine, exs: list[Example], sampling, row_offset: int = 0, generator=None) -> Trajectories:
     """Sample ``sampling.n`` responses per prompt; ``row_offset`` is this process's first
-    global row (batch-invariant sampling: the same prompt gets the same samples anywhere)."""
-    return from_rollout(exs, engine.generate([ex.prompt for ex in exs], sampling, row_offset=row_offset))
+    global row (batch-invariant sampling: the same prompt gets the same samples anywhere);
+    ``generator``: the RNG the sampling seed is drawn from (None = the global one)."""
+    return from_rollout(exs, engine.generate([ex.prompt for ex in exs], sampling, generator=generator,
+                                             row_offset=row_offset))
 
 
 def from_rollout(exs: list[Example], ro) -> Trajectories:
@@ -85,7 +87,7 @@ def from_rollout(exs: list[Example], ro) -> Trajectories:
 
 
 def rollout_env(engine, tokenizer, env, exs: list[Example], sampling, *, max_turns: int | None = None,
-                max_tokens: int | None = None, row_offset: int = 0):
+                max_tokens: int | None = None, row_offset: int = 0, generator=None):
     """Multi-turn episodes of ``env`` (:mod:`rlhfkit.envs`) from each prompt row, ``sampling.n``
     per row: :class:`Trajectories` whose ``loss_mask`` is 0 on the environment's tokens, and
     the episodes' rewards as a :class:`~rlhfkit.rewards.base.CombinedScores` (source ``env``, plus
@@ -96,7 +98,7 @@ def rollout_env(engine, tokenizer, env, exs: list[Example], sampling, *, max_tur
     rows = [dict(ex.extra) for ex in exs]
     t0 = time.perf_counter()
     eps = run_episodes(engine, tokenizer, env, rows, sampling, max_turns=max_turns, max_total_tokens=max_tokens,
-                       row_offset=row_offset)
+                       row_offset=row_offset, generator=generator)
     dt = time.perf_counter() - t0
     G = max(1, sampling.n)
     starts = []

@@ -80,6 +80,8 @@ class Recipe:
     """Called with each step's finished metrics record (monitors, schedules)."""
     should_stop: Callable[[], str] | None = None
     """Checked after every step: a non-empty reason ends the run early (final eval and save)."""
+    before_save: Callable[[], None] | None = None
+    """Called before each checkpoint (e.g. to put work in flight into ``state``)."""
     config: Any = None
     """The recipe's whole config (a dataclass), recorded in the run dir and compared on resume;
     without it the config the CLI is running (``RUN_CONFIG``) or just the train section is used."""
@@ -246,6 +248,8 @@ class Trainer:
     def _save(self, step: int) -> None:
         """Checkpoint at ``step`` (never of non-finite weights); a failure is an error on every process."""
         self._check_finite(step, "no checkpoint written")
+        if self.recipe.before_save is not None:
+            self.recipe.before_save()
         err = ""
         if self.accelerator.is_main_process:
             try:

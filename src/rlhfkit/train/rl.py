@@ -60,6 +60,7 @@ from ..rl.config import (CriticConfig, GRPOConfig, PPOConfig, RLConfig, RolloutC
 from ..envs.base import load_environment
 from ..rl.experience import (Experience, ExperienceConfig, Models, concat, make_experience, rollout,
                              rollout_env, rollout_metrics, score, select_groups, with_count)
+from ..rl.async_rollout import BackgroundRollout, decode_pending, encode_pending
 from ..rl.shaping import groups_with_spread, overlong_penalty
 from ..rl.kl_control import make_kl_controller
 from ..rl.loss import LossConfig, onpolicy_metrics, rl_loss
@@ -119,7 +120,9 @@ class OnlineRL:
         self.completions = CompletionLog.for_run(cfg.train)  # train.log_completions
         self.correction = cfg.correction.mode
         if self.correction == "auto":  # correct only a sampler that is not the trainer's distribution
-            self.correction = "none" if exact_logprobs(self.engine) else "tis"
+            self.correction = "none" if exact_logprobs(self.engine) and not cfg.rollout.async_ else "tis"
+        self.background: BackgroundRollout | None = None  # rollout.async: the worker and its snapshot
+        self.upcoming = None  # rollout.async: step -> that step's micro-batches of prompts (None past the end)
         self.loss_cfg = LossConfig(
             policy_loss=policy_loss_name(cfg), params=loss_params(cfg), entropy_top_q=cfg.entropy_top_q,
             correction=self.correction, correction_level=cfg.correction.level, correction_cap=cfg.correction.cap,
@@ -164,10 +167,13 @@ class OnlineRL:
         policy, critic = policy_of(model), critic_of(model)
         if "kl_ctl" in self.state:  # the controller's value as checkpointed (resume-safe)
             self.kl_ctl.load_state_dict(self.state["kl_ctl"])
-        traj, res, scores, m = self.sample(exs, step)
-        release = getattr(self.engine, "release", None)  # optional in an engine of one's own
-        if release is not None:
-            release()  # the sampling copy of the weights is not kept through the update
+        if cfg.rollout.async_:
+            traj, res, scores, m = self.sample_async(policy, exs, step)
+        else:
+            traj, res, scores, m = self.sample(exs, step)
+            release = getattr(self.engine, "release", None)  # optional in an engine of one's own
+            if release is not None:
+                release()  # the sampling copy of the weights is not kept through the update
         exs = traj.examples  # dynamic sampling may have replaced some prompts
         reuse = (cfg.reuse_logps and cfg.num_iterations == 1 and cfg.num_minibatches == 1 and cfg.kl_target <= 0
                  and (self.ref is None or self.kl_where == "loss"))
@@ -201,14 +207,60 @@ class OnlineRL:
         m["rollout/gen_tokens_per_s"] = float(counts[1]) / max(traj.gen_seconds, 1e-9)
         return exp
 
-    def sample(self, exs: list[Example], step: int):
+    def sample_async(self, policy, exs: list[Example], step: int):
+        """``rollout.async``: this step's rollout as the worker sampled it during the previous
+        step (or now, on the first step and after a resume without one), then the next step's
+        rollout started in the worker from the current weights (docs/algorithms.md#async-rollout)."""
+        import time
+
+        if self.background is None:
+            self.background = BackgroundRollout(unwrap(policy), lambda snap: make_engine(
+                engine_name(self.cfg.rollout, snap), snap, self.tok, batch_size=self.cfg.rollout.batch_size,
+                runtime=self.cfg.runtime))
+        t0 = time.perf_counter()
+        got = self.background.take(step)
+        saved = self.state.pop("pending_rollout", None)
+        if got is None and saved is not None and saved.get("rank") == dist_rank():
+            at, got = decode_pending(saved)
+            got = got if at == step else None
+        if got is None:  # nothing sampled ahead: sample now, from the current weights
+            got = self.sample(exs, step, engine=self.background.engine)
+        if [ex.row for ex in got[0].examples] != [ex.row for ex in exs] and not self.cfg.dynamic_sampling:
+            raise RuntimeError(f"rollout.async: the rollout sampled ahead for step {step + 1} is of other prompts")
+        wait = time.perf_counter() - t0
+        nxt = self.upcoming(step + 1) if self.upcoming is not None else None
+        if nxt:
+            nexs = [ex for mb in nxt for ex in mb]
+            self.background.start(step + 1, unwrap(policy), lambda eng, gen: self._sample_release(
+                nexs, step + 1, eng, gen))
+        traj, res, scores, m = got
+        m = dict(m, **{"rollout/wait_seconds": wait, "rollout/async": 1.0})
+        return traj, res, scores, m
+
+    def _sample_release(self, exs, step, engine, generator):
+        out = self.sample(exs, step, engine=engine, generator=generator)
+        release = getattr(engine, "release", None)
+        if release is not None:
+            release()
+        return out
+
+    def before_save(self) -> None:
+        """A checkpoint stores the rollout the worker is sampling for the next step (rollout.async)."""
+        bg = self.background
+        if bg is None or bg.pending_step < 0:
+            return
+        step = bg.pending_step
+        got = bg.take(step)
+        self.state["pending_rollout"] = dict(encode_pending(step, *got), rank=dist_rank())
+
+    def sample(self, exs: list[Example], step: int, engine=None, generator=None):
         """Rollout and scores of ``exs`` (with DAPO's overlong penalty when configured); with
         ``dynamic_sampling`` the groups whose rewards all tie are replaced by groups of further
         prompts while extra rounds are left (docs/algorithms.md#dynamic-sampling)."""
         cfg = self.cfg
         P = len(exs)
         # this process's prompts are rows [rank * P, (rank + 1) * P) of the global batch
-        traj, res = self._rollout_scores(exs, dist_rank() * P * self.G)
+        traj, res = self._rollout_scores(exs, dist_rank() * P * self.G, engine, generator)
         m = rollout_metrics(traj, res, torch.tensor(res.total, dtype=torch.float32))
         if cfg.dynamic_sampling and self.G > 1:
             kept, rounds = [(traj, res)], 0
@@ -218,7 +270,7 @@ class OnlineRL:
             while have < P and rounds < cfg.dynamic_sampling_rounds:
                 rounds += 1
                 more = [self.prompts[i] for i in torch.randint(0, len(self.prompts), (P,), generator=gen).tolist()]
-                t2, r2 = self._rollout_scores(more, dist_rank() * P * self.G)
+                t2, r2 = self._rollout_scores(more, dist_rank() * P * self.G, engine, generator)
                 kept.append((t2, r2))
                 have += int(groups_with_spread(torch.tensor(r2.total), self.G).sum())
             traj, res = self._keep_spread(kept, P)
@@ -228,8 +280,8 @@ class OnlineRL:
             if self.G > 1 else 0.0
         return traj, res, torch.tensor(res.total, dtype=torch.float32), m
 
-    def _rollout_scores(self, exs: list[Example], row_offset: int):
-        traj, res = self.generate_scored(exs, self.sampling, row_offset)
+    def _rollout_scores(self, exs: list[Example], row_offset: int, engine=None, generator=None):
+        traj, res = self.generate_scored(exs, self.sampling, row_offset, engine, generator)
         if self.cfg.overlong_cache > 0:  # docs/algorithms.md#overlong-penalty
             lengths = torch.tensor([len(c) for c in traj.completion_ids], dtype=torch.float32)
             pen = overlong_penalty(lengths, self.cfg.rollout.max_new_tokens, self.cfg.overlong_cache,
@@ -274,14 +326,15 @@ class OnlineRL:
         return rl_loss(policy_of(model), critic_of(model), rb, self.loss_cfg, self.kl_ctl.value)
 
     # ----------------------------------------------------------------- evaluation
-    def generate_scored(self, exs: list[Example], params, row_offset: int = 0, engine=None):
+    def generate_scored(self, exs: list[Example], params, row_offset: int = 0, engine=None, generator=None):
         """(Trajectories, scores) of ``exs``: episodes of the environment, or single responses
-        scored by the reward sources."""
+        scored by the reward sources (``generator``: the sampling RNG; None = the global one)."""
         engine = engine if engine is not None else self.engine
         if self.env is not None:
             return rollout_env(engine, self.tok, self.env, exs, params, max_turns=self.cfg.env_max_turns or None,
-                               max_tokens=self.cfg.env_max_tokens or None, row_offset=row_offset)
-        traj = rollout(engine, exs, params, row_offset=row_offset)
+                               max_tokens=self.cfg.env_max_tokens or None, row_offset=row_offset,
+                               generator=generator)
+        traj = rollout(engine, exs, params, row_offset=row_offset, generator=generator)
         return traj, score(self.rewards, traj, self.log)
 
     @torch.no_grad()
@@ -394,7 +447,8 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
     def on_step_end(step, rec):
         rl.state["kl_ctl"] = rl.kl_ctl.state_dict()
         # training throughput apart from generation: update tokens over the non-generation time
-        busy = rec.get("train/step_time_s", 0.0) - rec.get("rollout/gen_seconds", 0.0)
+        waited = rec.get("rollout/wait_seconds", rec.get("rollout/gen_seconds", 0.0))  # async: only the wait
+        busy = rec.get("train/step_time_s", 0.0) - waited
         rec["train/tokens_per_s"] = rec.get("train/update_tokens", 0.0) / busy if busy > 0 else 0.0
         monitor.update(step, rec)
 
@@ -404,8 +458,12 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
         step=rl.step, count=lambda rb: rb.count, iteration=rl.iteration,
         evaluate=(lambda m: rl.evaluate(m, evals)) if evals else None,
         save=save, state=rl.state, param_groups=param_groups, on_step_end=on_step_end,
-        should_stop=lambda: monitor.stop_reason)
-    return Trainer(cfg.train, recipe, log)
+        should_stop=lambda: monitor.stop_reason, before_save=rl.before_save)
+    trainer = Trainer(cfg.train, recipe, log)
+    ga = cfg.train.grad_accum
+    rl.upcoming = lambda s: ([trainer.micro_batch(k) for k in range(s * ga, (s + 1) * ga)]
+                             if s < trainer.total_steps else None)
+    return trainer
 
 
 def run(cfg: RLConfig, log=print, **kw) -> dict:
