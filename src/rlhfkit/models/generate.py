@@ -1,11 +1,12 @@
 """Batched sampling for evaluation: left padding, KV cache, stop at EOS for every row; on the
-CPU the linear layers run with oneDNN-reordered weights (:mod:`rlhfkit.models.packed`)."""
+CPU the products with the linear layers' weights run on oneDNN-reordered copies
+(:func:`rlhfkit.backends.cpu.packed.packed_calls`; the model is not modified)."""
 
 from __future__ import annotations
 
 import torch
 
-from .packed import packed_linears
+from ..backends.cpu.packed import packed_calls
 
 
 @torch.no_grad()
@@ -30,7 +31,7 @@ def generate_text(model, tokenizer, prompts: list, *, max_new_tokens: int = 64, 
                                                             top_p=top_p, top_k=0)
     out: list[str] = []
     try:
-        with packed_linears(model, rows=min(batch_size, len(ids))):
+        with packed_calls(model, rows=min(batch_size, len(ids))):
             for i in range(0, len(ids), batch_size):
                 enc = tokenizer.pad({"input_ids": ids[i:i + batch_size]}, return_tensors="pt",
                                     padding=True).to(device)

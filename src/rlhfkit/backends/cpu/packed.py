@@ -13,7 +13,8 @@ Two ways to use it on a model's linear layers, neither of which changes the mode
   ``forward`` are untouched). The ``cpu`` rollout engine uses it when it runs a model's own
   Hugging Face forward.
 - :func:`packed_linears`: the older form that sets a per-instance ``forward`` on every fp32
-  ``nn.Linear`` for the duration of the block (kept for :func:`rlhfkit.models.generate.generate_text`).
+  ``nn.Linear`` for the duration of the block (no longer used inside rlhfkit; kept for callers
+  of the public name).
 
 The reordered copies are made on entry, so they reflect the weights at that moment.
 """
