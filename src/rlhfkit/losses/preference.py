@@ -401,3 +401,6 @@ def rpo_nll(batch: PairLogps, rpo_alpha: float) -> tuple[Tensor, dict]:
     """
     nll = -batch.policy_chosen / batch.chosen_len.clamp(min=1)
     return rpo_alpha * nll, {"rpo_nll": _mean(nll)}
+
+
+from . import preference_variants  # noqa: E402,F401  (registers apo_zero, nca_pair, discopop, aot, npo, ...)

@@ -42,6 +42,7 @@ class DPOConfig:
         output_dir="runs/dpo", lr=1e-6, warmup_ratio=0.1))
     loss_type: str = "sigmoid"
     """sigmoid | cdpo | robust | hinge | ipo | rdpo | simpo | orpo | tdpo | f_divergence |
+    apo_zero | apo_down | nca_pair | sppo_hard | exo_pair | discopop | aot_pair | aot | npo |
     plackett_luce (docs/algorithms.md)."""
     beta: float = 0.1
     """KL strength β (SimPO: reward scale; ORPO: unused)."""
@@ -65,6 +66,8 @@ class DPOConfig:
     """TDPO2: weight α of the sequential-KL difference."""
     lipo_lambda: bool = False
     """plackett_luce: LiPO-λ (pairwise logistic loss with LambdaRank ΔNDCG weights)."""
+    discopop_tau: float = 0.05
+    """DiscoPOP: temperature τ of the blend between the logistic and the exponential loss (> 0)."""
     rpo_alpha: float = 0.0
     """RPO: weight α of the chosen responses' length-normalised NLL added to the pair loss
     (0 = off; TRL's rpo_alpha; any pair loss except orpo, which has its own NLL term)."""
@@ -83,7 +86,7 @@ PAIR_KINDS = ("preference", "listwise")
 
 
 LOSS_PARAM_KEYS = ("label_smoothing", "alpha", "gamma", "orpo_lambda", "ipo_length_normalize",
-                   "f_divergence", "f_alpha", "tdpo_variant", "tdpo_alpha", "lipo_lambda")
+                   "f_divergence", "f_alpha", "tdpo_variant", "tdpo_alpha", "lipo_lambda", "discopop_tau")
 
 
 def _params_of(loss_type: str) -> set[str]:
@@ -121,6 +124,7 @@ def validate(cfg: DPOConfig) -> None:
     check_range("orpo_lambda", cfg.orpo_lambda, lo=0)
     check_range("f_alpha", cfg.f_alpha, lo=0, hi=1, lo_open=True, hi_open=True)
     check_range("tdpo_alpha", cfg.tdpo_alpha, lo=0)
+    check_range("discopop_tau", cfg.discopop_tau, lo=0, lo_open=True)
     check_range("rpo_alpha", cfg.rpo_alpha, lo=0)
     if cfg.rpo_alpha > 0 and cfg.loss_type in ("orpo", "plackett_luce"):
         raise ConfigError(f"rpo_alpha adds an NLL term to pair losses; loss_type={cfg.loss_type} "
