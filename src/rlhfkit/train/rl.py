@@ -40,6 +40,7 @@ import copy
 import dataclasses
 import math
 import os
+import time
 
 import torch
 
