@@ -212,8 +212,6 @@ class OnlineRL:
         """``rollout.async``: this step's rollout as the worker sampled it during the previous
         step (or now, on the first step and after a resume without one), then the next step's
         rollout started in the worker from the current weights (docs/algorithms.md#async-rollout)."""
-        import time
-
         if self.background is None:
             self.background = BackgroundRollout(unwrap(policy), lambda snap: make_engine(
                 engine_name(self.cfg.rollout, snap), snap, self.tok, batch_size=self.cfg.rollout.batch_size,
