@@ -309,14 +309,14 @@ def record_sampling(o):
     calls, steps = [], []
     rollout_scores, sample = o._rollout_scores, o.sample
 
-    def rec_rollout(exs, offset):
-        traj, res = rollout_scores(exs, offset)
+    def rec_rollout(exs, offset, *args):
+        traj, res = rollout_scores(exs, offset, *args)
         calls[-1].append((traj, list(res.total)))
         return traj, res
 
-    def rec_sample(exs, step):
+    def rec_sample(exs, step, *args):
         calls.append([])
-        out = sample(exs, step)
+        out = sample(exs, step, *args)
         steps.append(out)
         return out
 
