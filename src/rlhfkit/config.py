@@ -57,8 +57,7 @@ def did_you_mean(value: Any, choices) -> str:
 
 
 def check_choice(key: str, value: Any, choices) -> None:
-    """ConfigError unless ``value`` is one of ``choices`` (message lists them and suggests the
-    closest one)."""
+    """ConfigError unless ``value`` is one of ``choices`` (listed, the closest suggested)."""
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))} (got {value!r})"
                           f"{did_you_mean(value, choices)}")
@@ -115,8 +114,8 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     """sdpa | eager | flash_attention_2."""
     segment_attention: bool = True
-    """With sdpa: packed rows attend one sample block at a time (rlhfkit.models.segments): no scores
-    between samples that cannot see each other; same results up to float summation order."""
+    """With sdpa: packed rows attend one sample block at a time (rlhfkit.models.segments), the same
+    results up to float summation order."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in backward instead of keeping them: much
     less memory for long sequences and big batches, about a third more compute."""
@@ -176,8 +175,7 @@ class DataConfig:
 
 
 def in_memory_paths(data: "DataConfig") -> None:
-    """Replace an in-memory ``path`` / ``eval_path`` (a ``datasets.Dataset`` or a list of dicts) by its
-    ``memory:<sha256>`` handle (rlhfkit.data.loading.register_rows): the config stays plain text."""
+    """Replace an in-memory ``path`` / ``eval_path`` (rows) by its ``memory:<sha256>`` handle."""
     from .data.loading import is_in_memory, register_rows
 
     for key in ("path", "eval_path"):
@@ -285,6 +283,9 @@ def key_of(name: str) -> str:
     return name[:-1] if name.endswith("_") and keyword.iskeyword(name[:-1]) else name
 
 
+LIST_STRING_KEYS = ("loss_type",)  # string keys that also take a YAML list (comma-joined)
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = typing.get_origin(typ)
     if origin in (typing.Union, types.UnionType):
@@ -317,6 +318,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r}") from None
     if typ is str:
+        if isinstance(value, list) and key.rpartition(".")[2] in LIST_STRING_KEYS and all(isinstance(v, str) for v in value):
+            return ",".join(value)  # e.g. loss_type: [sigmoid, sft], TRL's list form
         if isinstance(value, (dict, list)):
             raise ConfigError(f"config key '{key}' expects a string, got {type(value).__name__}")
         return "" if value is None else str(value)
@@ -333,8 +336,6 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
                     for i, v in enumerate(value)]                                      # shorthand
         return [_coerce(v, item, key) for v in value]
     return value
-
-
 
 
 def _unknown(key: str, valid: list[str], root: Any = None) -> ConfigError:

@@ -24,9 +24,10 @@ RL = ["--task", "arithmetic", "--task_size", "24", "--task_eval_size", "4",
 def recipe_args(recipe: str, data: dict) -> list[str]:
     if recipe == "sft":
         return ["sft", "--data.path", data["sft"], "--data.eval_path", data["sft_eval"]]
-    if recipe in ("rm", "dpo", "kto"):
-        extra = ["--norm_rows", "4"] if recipe == "rm" else []
-        return [recipe, "--data.path", data["pairs"], "--data.eval_path", data["eval"], *extra]
+    if recipe in ("rm", "dpo", "kto", "dpo_mpo"):
+        extra = {"rm": ["--norm_rows", "4"],  # MPO: bco_pair's running reward mean is checkpointed
+                 "dpo_mpo": ["--loss_type", "sigmoid,bco_pair,sft", "--loss_weights", "0.8,0.2,1.0"]}.get(recipe, [])
+        return [recipe.split("_")[0], "--data.path", data["pairs"], "--data.eval_path", data["eval"], *extra]
     if recipe == "grpo":
         return ["grpo", *RL, "--kl_coef", "0.05"]
     if recipe == "grpo_async":  # the checkpoint holds the rollout sampled ahead for the next step
@@ -46,7 +47,7 @@ def records(out):
     return [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
 
 
-@pytest.mark.parametrize("recipe", ["sft", "rm", "dpo", "kto", "grpo", "grpo_async", "ppo"])
+@pytest.mark.parametrize("recipe", ["sft", "rm", "dpo", "dpo_mpo", "kto", "grpo", "grpo_async", "ppo"])
 def test_kill9_and_resume_matches_uninterrupted(recipe, tiny_dir, tmp_path):
     probs = make_problems(40, seed=3)
     data = {"model": tiny_dir,

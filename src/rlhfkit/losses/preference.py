@@ -64,6 +64,9 @@ class PairLogps:
     """(N,) TDPO only: Σ_t KL(π_ref(·|x,y<t) ‖ π_θ(·|x,y<t)) over the chosen tokens."""
     rejected_seq_kl: Tensor | None = None
     """(N,) TDPO only: same over the rejected tokens."""
+    reward_shift: Tensor | None = None
+    """() bco_pair only: the running mean δ of the implicit rewards (detached), kept by the
+    recipe across steps; None = the mean of this batch's rewards."""
 
 
 PreferenceLoss = Callable[..., tuple[Tensor, dict]]

@@ -13,6 +13,13 @@ DPO recipe's ``loss_type`` reaches them. docs/algorithms.md#dpo-variants gives e
     aot_pair   −log σ(β(sort(h_w) − sort(h_l)))_i          AOT, Melnyk et al. 2024
     aot        −log σ(β(sort(π_w − π_l) − sort(ref_w − ref_l)))_i   same paper
     npo        −(2/β)·log σ(−βh_l): the rejected response only   NPO, Zhang et al. 2024
+    sigmoid_norm  −log σ(β(h_w/|y_w| − h_l/|y_l|))            length-normalised DPO (Tülu 3)
+    bco_pair   −log σ(βh_w − δ) − log σ(−(βh_l − δ)), δ = running mean reward   BCO, Jung et al. 2024
+    sft *      −logp_w/|y_w|: the chosen responses' token-mean NLL (a term of MPO's sums)
+    cpo *      −log σ(β(logp_w − logp_l)) + α·(−logp_w/|y_w|)   CPO, Xu et al. 2024
+    alphapo *  −log σ(r_w − r_l − γ), r = (β/α)(1 − e^{−α·logp/|y|})   AlphaPO, Gupta et al. 2025
+
+(``*`` = reference-free.)
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .preference import PairLogps, _dpo_metrics, _log_ratios, _smoothed_sigmoid, register_preference_loss
+from .preference import (PairLogps, _dpo_metrics, _log_ratios, _mean_logps, _metrics, _smoothed_sigmoid,
+                         register_preference_loss)
 
 
 @register_preference_loss("apo_zero")
@@ -113,3 +121,65 @@ def npo_loss(batch: PairLogps, *, beta: float) -> tuple[Tensor, dict]:
     h_w, h_l = _log_ratios(batch)
     loss = -(2.0 / beta) * F.logsigmoid(-beta * h_l)
     return loss, _dpo_metrics(batch, beta, h_w, h_l, {"npo/rejected_log_ratio": h_l})
+
+
+@register_preference_loss("sigmoid_norm")
+def sigmoid_norm_loss(batch: PairLogps, *, beta: float) -> tuple[Tensor, dict]:
+    """Length-normalised DPO: the sigmoid loss on per-token log-ratios h/|y|, so a long response
+    is not favoured for its length (TRL's ``sigmoid_norm``; β is on the per-token scale, larger
+    than DPO's, e.g. 5). Rewards are β·h/|y|. (docs/algorithms.md#dpo-variants)"""
+    h_w, h_l = _log_ratios(batch)
+    r_w, r_l = beta * h_w / batch.chosen_len.clamp(min=1), beta * h_l / batch.rejected_len.clamp(min=1)
+    return -F.logsigmoid(r_w - r_l), _metrics(batch, r_w, r_l)
+
+
+@register_preference_loss("bco_pair")
+def bco_pair_loss(batch: PairLogps, *, beta: float) -> tuple[Tensor, dict]:
+    """BCO on pairs: a binary classifier with logit βh − δ, chosen = 1 and rejected = 0, where the
+    shift δ is the running mean of the implicit rewards βh of both responses (the DPO recipe keeps
+    it across steps in ``batch.reward_shift``; without it, this batch's mean). δ is not
+    differentiated. Extra metric ``bco/delta``. (docs/algorithms.md#dpo-variants)"""
+    h_w, h_l = _log_ratios(batch)
+    r_w, r_l = beta * h_w, beta * h_l
+    delta = batch.reward_shift
+    if delta is None:
+        delta = torch.cat([r_w, r_l]).detach().mean() if r_w.numel() else r_w.new_zeros(())
+    delta = torch.as_tensor(delta, dtype=r_w.dtype, device=r_w.device).detach()
+    loss = -F.logsigmoid(r_w - delta) - F.logsigmoid(-(r_l - delta))
+    return loss, _metrics(batch, r_w, r_l, {"bco/delta": delta.expand_as(r_w)})
+
+
+@register_preference_loss("sft", needs_reference=False)
+def sft_pair_loss(batch: PairLogps, *, beta: float) -> tuple[Tensor, dict]:
+    """The chosen responses' token-mean NLL −logp_w/|y_w| (the rejected ones are not trained); a
+    term of a weighted sum of losses (``loss_type: [sigmoid, bco_pair, sft]``, MPO). Rewards are
+    β·logp/|y|. (docs/algorithms.md#dpo-variants)"""
+    m_w, m_l = _mean_logps(batch)
+    return -m_w, _metrics(batch, beta * m_w, beta * m_l)
+
+
+@register_preference_loss("cpo", needs_reference=False)
+def cpo_loss(batch: PairLogps, *, beta: float, cpo_alpha: float = 1.0) -> tuple[Tensor, dict]:
+    """CPO (contrastive preference optimisation): the reference-free sigmoid loss on the sequence
+    log-probs plus ``cpo_alpha`` times the chosen responses' token-mean NLL (the behaviour-cloning
+    term). Rewards are β·logp. Extra metric ``nll``. (docs/algorithms.md#dpo-variants)"""
+    nll = -batch.policy_chosen / batch.chosen_len.clamp(min=1)
+    r_w, r_l = beta * batch.policy_chosen, beta * batch.policy_rejected
+    return -F.logsigmoid(r_w - r_l) + cpo_alpha * nll, _metrics(batch, r_w, r_l, {"nll": nll})
+
+
+@register_preference_loss("alphapo", needs_reference=False)
+def alphapo_loss(batch: PairLogps, *, beta: float, gamma: float = 0.5, alphapo_alpha: float = 0.25
+                 ) -> tuple[Tensor, dict]:
+    """AlphaPO: SimPO with the reward r = (β/α)·(1 − p̄^{−α}), p̄ = e^{logp/|y|} the per-token
+    geometric-mean probability; α = ``alphapo_alpha`` shapes the reward (α → 0 is SimPO's
+    β·logp/|y|), γ the target margin as in simpo. (docs/algorithms.md#dpo-variants)"""
+    m_w, m_l = _mean_logps(batch)
+
+    def reward(m: Tensor) -> Tensor:
+        if alphapo_alpha == 0:
+            return beta * m
+        return beta * -torch.expm1(-alphapo_alpha * m) / alphapo_alpha
+
+    r_w, r_l = reward(m_w), reward(m_l)
+    return -F.logsigmoid(r_w - r_l - gamma), _metrics(batch, r_w, r_l)

@@ -16,6 +16,8 @@ import copy
 import dataclasses
 import os
 
+import torch
+
 from ..config import DataConfig, ModelConfig, TrainConfig, check_range, did_you_mean, validate_all
 from ..data.collate import sequence_index
 from ..data.pipeline import load_examples
@@ -23,7 +25,7 @@ from ..data.tokenize import Example
 from ..errors import ConfigError, DataError
 from ..losses.listwise import plackett_luce_loss
 from ..losses.preference import (F_DIVERGENCES, PREFERENCE_LOSSES, PairLogps, get_preference_loss, get_preference_spec,
-                                loss_parameters, needs_reference, rpo_nll)
+                                loss_parameters, rpo_nll)
 from ..models.forward import completion_logprobs, lm_head, segment_sum
 from ..models.loading import load_model
 from ..models.logprobs import chunked_token_kl
@@ -43,7 +45,10 @@ class DPOConfig:
     loss_type: str = "sigmoid"
     """sigmoid | cdpo | robust | hinge | ipo | rdpo | simpo | orpo | tdpo | f_divergence |
     apo_zero | apo_down | nca_pair | sppo_hard | exo_pair | discopop | aot_pair | aot | npo |
-    plackett_luce (docs/algorithms.md)."""
+    sigmoid_norm | bco_pair | sft | cpo | alphapo | plackett_luce (docs/algorithms.md); a list
+    (``[sigmoid, bco_pair, sft]`` or ``sigmoid,bco_pair,sft``) trains their weighted sum (MPO)."""
+    loss_weights: list[float] = dataclasses.field(default_factory=list)
+    """Weights of a loss_type list, one per loss (empty = 1 each); each >= 0."""
     beta: float = 0.1
     """KL strength β (SimPO: reward scale; ORPO: unused)."""
     label_smoothing: float = 0.0
@@ -68,6 +73,13 @@ class DPOConfig:
     """plackett_luce: LiPO-λ (pairwise logistic loss with LambdaRank ΔNDCG weights)."""
     discopop_tau: float = 0.05
     """DiscoPOP: temperature τ of the blend between the logistic and the exponential loss (> 0)."""
+    cpo_alpha: float = 1.0
+    """CPO: weight of the chosen responses' NLL (the behaviour-cloning term), >= 0."""
+    alphapo_alpha: float = 0.25
+    """AlphaPO: reward shape α (0 = SimPO's length-normalised log-prob)."""
+    ld_alpha: float = 1.0
+    """LD-DPO: weight in [0, 1] of the log-probs of the longer response's tokens past the shorter
+    one's length, for policy and reference (1 = off; docs/algorithms.md#ld-dpo)."""
     rpo_alpha: float = 0.0
     """RPO: weight α of the chosen responses' length-normalised NLL added to the pair loss
     (0 = off; TRL's rpo_alpha; any pair loss except orpo, which has its own NLL term)."""
@@ -86,13 +98,19 @@ PAIR_KINDS = ("preference", "listwise")
 
 
 LOSS_PARAM_KEYS = ("label_smoothing", "alpha", "gamma", "orpo_lambda", "ipo_length_normalize",
-                   "f_divergence", "f_alpha", "tdpo_variant", "tdpo_alpha", "lipo_lambda", "discopop_tau")
+                   "f_divergence", "f_alpha", "tdpo_variant", "tdpo_alpha", "lipo_lambda", "discopop_tau",
+                   "cpo_alpha", "alphapo_alpha")
+
+
+def loss_names(cfg: DPOConfig) -> list[str]:
+    """The losses ``cfg.loss_type`` names (one, or the terms of a weighted sum)."""
+    return [n.strip() for n in cfg.loss_type.split(",") if n.strip()]
 
 
 def _params_of(loss_type: str) -> set[str]:
     if loss_type == "plackett_luce":
         return {"lipo_lambda"}
-    return set(loss_parameters(loss_type))
+    return set().union(*(loss_parameters(n) for n in loss_type.split(",")))
 
 
 def loss_params(cfg: DPOConfig) -> dict:
@@ -111,12 +129,37 @@ def loss_params(cfg: DPOConfig) -> dict:
     return {k: getattr(cfg, k) for k in LOSS_PARAM_KEYS if k in takes}
 
 
+def _spec_any(cfg: DPOConfig, attr: str) -> bool:
+    """Whether any loss of ``cfg.loss_type`` has spec flag ``attr`` (plackett_luce: reference only)."""
+    if cfg.loss_type == "plackett_luce":
+        return attr == "needs_reference"
+    return any(getattr(get_preference_spec(n), attr) for n in loss_names(cfg))
+
+
 def validate(cfg: DPOConfig) -> None:
     """Range checks of the DPO recipe's own keys (ConfigError naming the key and range)."""
     names = sorted(PREFERENCE_LOSSES) + ["plackett_luce"]
-    if cfg.loss_type not in names:
-        raise ConfigError(f"unknown loss_type '{cfg.loss_type}'{did_you_mean(cfg.loss_type, names)}; valid: "
-                          f"{', '.join(names)}")
+    parts = loss_names(cfg)
+    if not parts:
+        raise ConfigError(f"loss_type is empty; valid: {', '.join(names)}")
+    for n in parts:
+        if n not in names:
+            raise ConfigError(f"unknown loss_type '{n}'{did_you_mean(n, names)}; valid: {', '.join(names)}")
+    if len(parts) != len(set(parts)):
+        raise ConfigError(f"loss_type lists a loss twice ({cfg.loss_type}); give each loss once with its weight")
+    if len(parts) > 1 and "plackett_luce" in parts:
+        raise ConfigError("plackett_luce ranks lists and cannot be summed with pair losses; use it alone")
+    cfg.loss_type = ",".join(parts)
+    if cfg.loss_weights and len(cfg.loss_weights) != len(parts):
+        raise ConfigError(f"loss_weights has {len(cfg.loss_weights)} value(s) but loss_type names {len(parts)} "
+                          f"loss(es) ({cfg.loss_type}); give one weight per loss, or none (1 each)")
+    for i, w in enumerate(cfg.loss_weights):
+        check_range(f"loss_weights[{i}]", w, lo=0)
+    check_range("cpo_alpha", cfg.cpo_alpha, lo=0)
+    check_range("alphapo_alpha", cfg.alphapo_alpha)
+    check_range("ld_alpha", cfg.ld_alpha, lo=0, hi=1)
+    if cfg.ld_alpha < 1 and cfg.loss_type == "plackett_luce":
+        raise ConfigError("ld_alpha weights the tokens of a response pair; plackett_luce ranks lists (set ld_alpha 1)")
     check_range("beta", cfg.beta, lo=0, lo_open=True)
     check_range("label_smoothing", cfg.label_smoothing, lo=0, hi=0.5, hi_open=True)
     check_range("alpha", cfg.alpha, lo=0)
@@ -126,9 +169,9 @@ def validate(cfg: DPOConfig) -> None:
     check_range("tdpo_alpha", cfg.tdpo_alpha, lo=0)
     check_range("discopop_tau", cfg.discopop_tau, lo=0, lo_open=True)
     check_range("rpo_alpha", cfg.rpo_alpha, lo=0)
-    if cfg.rpo_alpha > 0 and cfg.loss_type in ("orpo", "plackett_luce"):
+    if cfg.rpo_alpha > 0 and ("orpo" in parts or "plackett_luce" in parts):
         raise ConfigError(f"rpo_alpha adds an NLL term to pair losses; loss_type={cfg.loss_type} "
-                          + ("already has one (orpo_lambda sets its balance)" if cfg.loss_type == "orpo"
+                          + ("already has one (orpo_lambda sets its balance)" if "orpo" in parts
                              else "ranks lists (use a pair loss, or rpo_alpha 0)"))
     if cfg.f_divergence not in F_DIVERGENCES:
         raise ConfigError(f"f_divergence must be one of {', '.join(F_DIVERGENCES)}, got '{cfg.f_divergence}'")
@@ -144,17 +187,48 @@ def validate(cfg: DPOConfig) -> None:
 DPOConfig.validate = validate
 
 
-def dpo_step(model, batch, ref: Reference, cfg: DPOConfig, chunk: int):
+def ld_weights(batch, seq_tokens, c, r, ld_alpha: float):
+    """(T,) LD-DPO token weights: 1 on each completion's first l_p tokens, l_p the shorter length
+    of its pair, ``ld_alpha`` on the rest (docs/algorithms.md#ld-dpo)."""
+    mask = batch.tgt_mask
+    rank = torch.cumsum(mask, 0) - mask  # masked tokens before each target; sequences are contiguous
+    first = rank.new_full((batch.num_sequences,), float("inf")).scatter_reduce(0, batch.tgt_seq, rank, "amin")
+    rank = rank - first[batch.tgt_seq]
+    public = seq_tokens.new_zeros(batch.num_sequences)
+    shortest = torch.minimum(seq_tokens[c], seq_tokens[r])
+    public[c], public[r] = shortest, shortest
+    w = torch.where(rank < public.to(rank.device)[batch.tgt_seq], 1.0, ld_alpha)
+    return w.to(mask.dtype)
+
+
+def _bco_shift(state: dict, rewards: torch.Tensor) -> torch.Tensor:
+    """The running mean δ of the implicit rewards, updated with this micro-batch (summed over
+    processes) and kept in ``state`` (checkpointed with the recipe)."""
+    import torch.distributed as dist
+
+    total = torch.stack([rewards.detach().double().sum(), torch.tensor(float(rewards.numel()), dtype=torch.float64)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+    mean, n = state.get("bco_delta", (0.0, 0.0))
+    n_new = n + float(total[1])
+    mean = (mean * n + float(total[0])) / n_new if n_new else 0.0
+    state["bco_delta"] = [mean, n_new]
+    return torch.tensor(mean, dtype=rewards.dtype, device=rewards.device)
+
+
+def dpo_step(model, batch, ref: Reference, cfg: DPOConfig, chunk: int, state: dict | None = None):
     """One micro-batch: (sum of per-pair / per-list losses, metrics)."""
-    tdpo = cfg.loss_type != "plackett_luce" and get_preference_spec(cfg.loss_type).needs_token_kl
+    tdpo = _spec_any(cfg, "needs_token_kl")
+    ld = cfg.ld_alpha < 1
     out = completion_logprobs(model, batch, chunk=chunk, return_hidden=tdpo)
-    ref_seq, seq_kl = None, None
-    if tdpo:
-        rout = ref.logprobs(batch, return_hidden=True)
-        ref_seq = rout.seq_logps
-        kl = chunked_token_kl(out.hidden, lm_head(model).weight, rout.hidden,
-                              lm_head(ref.module()).weight.detach(), chunk=chunk)
-        seq_kl = segment_sum(kl, batch)[0]
+    ref_seq, seq_kl, ref_tok = None, None, None
+    if tdpo or (ld and ref.mode != "none"):
+        rout = ref.logprobs(batch, return_hidden=tdpo)
+        ref_seq, ref_tok = rout.seq_logps, rout.token_logps
+        if tdpo:
+            kl = chunked_token_kl(out.hidden, lm_head(model).weight, rout.hidden,
+                                  lm_head(ref.module()).weight.detach(), chunk=chunk)
+            seq_kl = segment_sum(kl, batch)[0]
     elif ref.mode != "none":
         ref_seq = ref.sequence_logps(batch)
     K = max(len(ex.completions) for ex in batch.examples)
@@ -165,12 +239,30 @@ def dpo_step(model, batch, ref: Reference, cfg: DPOConfig, chunk: int):
                                      valid.to(idx.device), beta=cfg.beta, **loss_params(cfg))
         return loss.sum(), m
     c, r = idx[:, 0], idx[:, 1]
+    pol_seq = out.seq_logps
+    if ld:  # the longer response's tokens past the shorter one's length count ld_alpha
+        w = ld_weights(batch, out.seq_tokens, c, r, cfg.ld_alpha)
+        pol_seq = segment_sum(out.token_logps * w, batch)[0]
+        if ref_seq is not None:
+            ref_seq = segment_sum(ref_tok * w, batch)[0]
 
     def pick(t):  # (S,) -> (chosen (E,), rejected (E,)); absent tensors stay None
         return (None, None) if t is None else (t[c], t[r])
 
-    pairs = PairLogps(*pick(out.seq_logps), *pick(ref_seq), *pick(out.seq_tokens), *pick(seq_kl))
-    loss, m = get_preference_loss(cfg.loss_type)(pairs, beta=cfg.beta, **loss_params(cfg))
+    pairs = PairLogps(*pick(pol_seq), *pick(ref_seq), *pick(out.seq_tokens), *pick(seq_kl))
+    names, params = loss_names(cfg), loss_params(cfg)
+    if "bco_pair" in names and state is not None:
+        h = torch.cat([pairs.policy_chosen - pairs.ref_chosen, pairs.policy_rejected - pairs.ref_rejected])
+        pairs.reward_shift = _bco_shift(state, cfg.beta * h)
+    weights = cfg.loss_weights or [1.0] * len(names)
+    loss, m = 0.0, {}
+    for name, wt in zip(names, weights):
+        fn = get_preference_loss(name)
+        li, mi = fn(pairs, beta=cfg.beta, **{k: v for k, v in params.items() if k in loss_parameters(name)})
+        loss = loss + wt * li
+        m = {**mi, **m}  # the first loss's reward metrics; the others' extra ones
+        if len(names) > 1:
+            m[f"loss/{name}"] = float(li.detach().double().mean()) if li.numel() else 0.0
     if cfg.rpo_alpha > 0:
         nll, extra = rpo_nll(pairs, cfg.rpo_alpha)
         loss, m = loss + nll, {**m, **extra}
@@ -224,9 +316,12 @@ def build(cfg: DPOConfig, log=print, model=None, tokenizer=None, examples=None, 
     collate_fn = make_collate(tokenizer, cfg.data, cfg.train)
     if cfg.sft_first:
         _sft_reference(model, train, collate_fn, cfg, log)
-    ref_needed = cfg.loss_type == "plackett_luce" or needs_reference(cfg.loss_type)
+    ref_needed = _spec_any(cfg, "needs_reference")
+    if cfg.ld_alpha < 1 and ref_needed and cfg.reference == "precompute":
+        raise ConfigError("ld_alpha weights the reference's per-token log-probs, which reference=precompute "
+                          "does not keep; use reference=auto (a live reference), model or adapters")
     mode = choose_mode(cfg.reference, needs_reference=ref_needed, lora=cfg.model.lora.r > 0,
-                       needs_live=cfg.loss_type != "plackett_luce" and get_preference_spec(cfg.loss_type).needs_token_kl)
+                       needs_live=_spec_any(cfg, "needs_token_kl") or cfg.ld_alpha < 1)
     if mode == "model" and ref_model is None:
         ref_model = load_model(cfg.ref_model)[0] if cfg.ref_model else copy.deepcopy(
             model.get_base_model() if hasattr(model, "get_base_model") else model)
@@ -235,7 +330,7 @@ def build(cfg: DPOConfig, log=print, model=None, tokenizer=None, examples=None, 
     chunk = cfg.train.logprob_chunk
     recipe = Recipe(
         model=model, examples=train, collate=collate_fn, name="dpo", config=cfg,
-        step=lambda m, b: LossOutput(*dpo_step(m, b, ref, cfg, chunk)),
+        step=lambda m, b: LossOutput(*dpo_step(m, b, ref, cfg, chunk, recipe.state)),
         count=lambda b: float(b.num_examples),
         evaluate=(lambda m: evaluate_pairs(m, ref, evals, collate_fn, cfg.train.eval_batch_size, cfg))
         if evals and cfg.loss_type != "plackett_luce" else None,
