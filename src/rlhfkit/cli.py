@@ -24,6 +24,8 @@ COMMANDS = {
     "eval": ("rlhfkit.evaluate", "EvalConfig", "evaluate a policy (rewards, win-rate vs a reference with a "
              "95 percent interval, KL, length, verifier accuracy) or a reward model (pair accuracy, "
              "calibration)"),
+    "merge": ("rlhfkit.merge", "MergeConfig", "merge fine-tuned models or LoRA adapters of one base: linear, "
+              "TIES, DARE, SLERP"),
 }
 
 
