@@ -13,6 +13,12 @@ Two modes, chosen by the config:
   probability σ(r_a − r_b) of a winning, binned into a reliability table (predicted vs
   observed frequency per bin) with the expected calibration error.
 
+With ``tax: true`` (policy mode) the policy is also compared with its starting model
+(``reference``) on held-out capability data: token NLL on held-out text and greedy exact match on
+a verifiable task (``tax_task``), each with the drop and a 95 % paired-bootstrap interval
+(:mod:`rlhfkit.tax`, docs/algorithms.md#alignment-tax). Without ``rewards``, ``data.path`` and
+``task`` only the tax is measured (no other generation).
+
 Results go to ``output_dir/eval.json`` and a printed table.
 """
 
@@ -25,7 +31,7 @@ import os
 
 import torch
 
-from .config import DataConfig, LoraConfig, ModelConfig, TrainConfig
+from .config import DataConfig, LoraConfig, ModelConfig, TrainConfig, check_choice, check_range, validate_all
 from .data.collate import collate
 from .data.pipeline import load_examples, load_records
 from .data.tokenize import Example, tokenize_records
@@ -37,6 +43,7 @@ from .backends.base import RuntimeOptions
 from .rl.config import RolloutConfig
 from .rl.config import engine_options
 from .rl.rollout import HFBackend, SamplingParams
+from .tax import TAX_TASKS, evaluate_tax, gsm8k_path, tax_lines
 
 
 @dataclasses.dataclass
@@ -64,12 +71,34 @@ class EvalConfig:
     """Held-out prompt/completion rows (e.g. general text, no task data): the token NLL of the
     policy and of the reference on their completions is reported, and the difference is the
     alignment tax (``nll_tax``: policy minus reference; > 0 = the policy got worse at that text)."""
+    tax: bool = False
+    """Alignment tax against the starting model (``reference``, required): token NLL on ``nll_path`` (else
+    built-in general chat text) and greedy exact match on ``tax_task``, each with the drop (> 0 = the policy
+    got worse) and a 95 % paired-bootstrap interval, under ``tax`` in eval.json."""
+    tax_task: str = "arithmetic"
+    """Verifiable task of the tax: arithmetic (``task_size`` problems from ``task_seed``) | gsm8k (the first
+    ``task_size`` test rows of ``tax_gsm8k_path``) | none."""
+    tax_gsm8k_path: str = ""
+    """GSM8K directory (with test.jsonl) or .jsonl file; empty = ../shared/data/gsm8k if present."""
     bins: int = 10
     """Reliability-table bins (reward-model mode)."""
     batch_size: int = 16
     output_dir: str = "runs/eval"
     threads: int = 0
     seed: int = 0
+
+    def validate(self, p: str = "") -> None:
+        check_range(p + "task_size", self.task_size, lo=1)
+        check_range(p + "batch_size", self.batch_size, lo=1)
+        check_choice(p + "tax_task", self.tax_task, TAX_TASKS)
+        if self.tax and self.reward_model:
+            raise ConfigError(f"{p}tax measures a policy against its starting model; it does not apply to "
+                              "reward_model evaluation (drop one of them)")
+        if self.tax and not self.reference:
+            raise ConfigError(f"{p}tax compares the policy with its starting model: set reference to the model "
+                              "the training started from (e.g. --reference smollm2-135m or --reference runs/sft/final)")
+        if self.tax and self.tax_task == "gsm8k":
+            gsm8k_path(self)
 
 
 # ------------------------------------------------------------------------ pure statistics
@@ -133,6 +162,10 @@ def _seq_logps(model, exs: list[Example], comps: list[list[int]], pad_id: int, b
 
 
 def evaluate_policy(cfg: EvalConfig, log=print) -> dict:
+    if cfg.tax and not (cfg.rewards or cfg.data.path or cfg.task):  # the tax alone: no other generation
+        policy, tok = load_model(cfg.model)
+        start = load_model(dataclasses.replace(cfg.model, name=cfg.reference, lora=LoraConfig()))[0].eval()
+        return {"tax": evaluate_tax(policy.eval(), start, tok, cfg)}
     rewards = build_rewards([reward_config_from(r) for r in cfg.rewards]) if cfg.rewards else None
     policy, tok = load_model(cfg.model)
     policy.eval()
@@ -187,7 +220,12 @@ def evaluate_policy(cfg: EvalConfig, log=print) -> dict:
             for name in out["policy"]["_per_source"]:
                 out[f"win_rate/{name}"] = win_rate(out["policy"]["_per_source"][name],
                                                    out["reference"]["_per_source"][name])
-    if cfg.nll_path:
+    if cfg.tax:
+        out["tax"] = evaluate_tax(policy, ref, tok, cfg)
+        if cfg.nll_path:  # the same rows: the per-row values give the plain fields too
+            out["policy"]["nll"], out["reference"]["nll"] = out["tax"]["nll"]["policy"], out["tax"]["nll"]["start"]
+            out["nll_tax"] = out["tax"]["nll"]["tax"]
+    elif cfg.nll_path:
         out["policy"]["nll"] = heldout_nll(policy, tok, cfg)
         if ref is not None:
             out["reference"]["nll"] = heldout_nll(ref, tok, cfg)
@@ -263,6 +301,8 @@ def table(res: dict) -> str:
         lines += [f"[{r['bin'][0]:.1f}, {r['bin'][1]:.1f})  {r['n']:4d}   {r['predicted']:.3f}            "
                   f"{r['observed']:.3f}" for r in res["table"]]
         return "\n".join(lines)
+    if "policy" not in res:
+        return "\n".join(tax_lines(res["tax"]))
     keys = [k for k in res["policy"]]
     lines = [f"{'metric':24s} {'policy':>10s}" + (f" {'reference':>10s}" if "reference" in res else "")]
     for k in keys:
@@ -274,7 +314,9 @@ def table(res: dict) -> str:
                      f"{w['n']} comparisons, {w['ties']} ties)")
     if "kl" in res:
         lines.append(f"KL(policy || reference)  {res['kl']:.4f} nats/response (on the policy's responses)")
-    if "nll_tax" in res:
+    if "tax" in res:
+        lines += tax_lines(res["tax"])
+    elif "nll_tax" in res:
         lines.append(f"held-out NLL             {res['policy']['nll']:.4f} vs {res['reference']['nll']:.4f} "
                      f"nats/token: alignment tax {res['nll_tax']:+.4f}")
     return "\n".join(lines)
@@ -284,6 +326,7 @@ def run(cfg: EvalConfig, log=print) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    validate_all(cfg)  # a hand-built config is checked like a parsed one, before any model is loaded
     res = evaluate_reward_model(cfg, log) if cfg.reward_model else evaluate_policy(cfg, log)
     os.makedirs(cfg.output_dir, exist_ok=True)
     path = os.path.join(cfg.output_dir, "eval.json")

@@ -13,10 +13,10 @@ policy (SFT, DPO, PPO) is compared with the starting model on held-out problems 
 eval`` on sampled responses: win-rate under the gold verifier (which no stage trained on) and
 under the reward model (for the policies it did not train), each with a 95 % CI, the sampled KL
 to the starting model, the alignment tax (token NLL on held-out general chat text against the
-starting model's), length and exact match. Prints both tables and sample responses, writes PNG
-curves of every stage, an HTML report and everything else under the output dir. Running it
-again into the same output dir replaces each stage's earlier outputs (``train.overwrite``; the
-log names what was removed).
+starting model's, with its 95 % paired-bootstrap interval over the rows), length and exact
+match. Prints both tables and sample responses, writes PNG curves of every stage, an HTML
+report and everything else under the output dir. Running it again into the same output dir
+replaces each stage's earlier outputs (``train.overwrite``; the log names what was removed).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .config import DataConfig, LoraConfig, ModelConfig, TrainConfig
 from .models.loading import load_model, load_scalar_model
 from .tasks.arithmetic import make_problems, preference_rows, sft_rows
 from .tasks.general_text import general_rows
+from .tax import format_tax
 from . import evaluate
 from .rl.config import RolloutConfig
 from .train import dpo, reward, rl, sft
@@ -195,7 +196,7 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
             data=DataConfig(path=paths["prompts_eval"], max_length=256),
             rewards=["arithmetic", f"model:{out}/rm/final*0"], output_dir=f"{out}/eval/{stage}",
             rollout=RolloutConfig(num_generations=k, max_new_tokens=32, temperature=1.0), seed=7,
-            nll_path=paths["general_eval"]), log=log)
+            nll_path=paths["general_eval"], tax=True, tax_task="none"), log=log)  # exact match: above
         stage_s[f"eval {stage}"] = _lap()
     em = {s: r["policy"]["reward/arithmetic"] for s, r in evals.items()}
     em["start"] = evals["sft"]["reference"]["reward/arithmetic"]
@@ -210,19 +211,21 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
     # the alignment tax: NLL on held-out general chat text, policy minus starting model
     nll = {s: r["policy"]["nll"] for s, r in evals.items()}
     nll_start = evals["sft"]["reference"]["nll"]
+    tax = {s: r["tax"]["nll"] for s, r in evals.items()}
     trained_on = {"sft": "worked answers (SFT)", "dpo": "preference pairs (DPO, from the SFT model)",
                   "ppo": "reward-model score (PPO, from the SFT model)"}
     eval_cols = ["policy (trained on)", "win-rate vs starting model, gold verifier (95% CI)",
                  "win-rate vs starting model, reward model (95% CI)", "exact match (policy / starting model)",
                  "KL to starting model (sampled, nats/response)",
-                 "alignment tax: general-text NLL, policy - starting model (nats/token)", "length (tokens)", "n"]
+                 "alignment tax: general-text NLL, policy - starting model (nats/token; 95% CI; policy vs start)",
+                 "length (tokens)", "n"]
     eval_rows = []
     for stage, r in evals.items():
         g, m = r["win_rate/arithmetic"], r.get("win_rate/rm")
         rm_cell = "— (its training signal)" if stage == "ppo" or m is None else _ci(m)
         eval_rows.append([f"{stage}: {trained_on[stage]}", _ci(g), rm_cell,
                           f"{r['policy']['reward/arithmetic']:.3f} / {r['reference']['reward/arithmetic']:.3f}",
-                          round(r["kl"], 3), f"{nll[stage] - nll_start:+.3f} ({nll[stage]:.3f} vs {nll_start:.3f})",
+                          round(r["kl"], 3), f"{format_tax(tax[stage])}; {nll[stage]:.3f} vs {nll_start:.3f}",
                           round(r["policy"]["length"], 1), g["n"]])
     samples = _samples(out, list(evals), k=3, per_prompt=k)
     plots = _plots(out, log)
@@ -241,10 +244,12 @@ def run_quickstart(out: str = "runs/quickstart", threads: int = 0, fast: bool = 
          "columns": eval_cols, "rows": eval_rows,
          "note": f"{k} sampled response(s) (temperature 1) per held-out prompt from each model, compared "
                  "pairwise; ties count 1/2. The gold verifier checks the answer; no stage trained on it. "
-                 "The alignment tax is the change in token NLL on held-out general chat text (no arithmetic)."}]
+                 "The alignment tax is the change in token NLL on held-out general chat text (no arithmetic), "
+                 "> 0 = the policy got worse; its 95% interval is a paired bootstrap over the text's rows."}]
     summary = {"title": "rlhfkit quickstart", "stages": ["sft", "dpo", "rm", "ppo"], "tables": tables,
                "samples": samples, "rows": [dict(stage=s, metric=m, before=b, after=a) for s, m, b, a in rows],
                "rm_accuracy_by_kind": by_kind, "general_nll": {"start": nll_start, **nll},
+               "alignment_tax": {s: {k: t[k] for k in ("tax", "ci_low", "ci_high", "n")} for s, t in tax.items()},
                "stage_seconds": stage_s, "eval": evals, "plots": plots, "wall_s": wall, "output_dir": out}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
