@@ -102,3 +102,24 @@ def test_two_process_grpo_killed_and_resumed_matches_uninterrupted(tiny_dir, tmp
     assert curve(b) == pytest.approx(curve(a), abs=1e-6)
     assert curve(b, "rollout/reward") == pytest.approx(curve(a, "rollout/reward"), abs=1e-9)
     assert len(set(curve(a, "rollout/reward"))) > 1
+
+
+@pytest.mark.parametrize("reference_update", ["fixed", "refresh"])
+def test_online_dpo_two_processes_match_one_with_twice_the_batch(reference_update, tiny_dir, tmp_path, env):
+    """Each process samples its half of the round's prompts (the same samples the single process
+    draws for them), the pairs are gathered, and each update's pairs are split between the
+    processes: the same rounds, pairs and losses as one process with twice the prompts and batch."""
+    args = ["online-dpo", "--task", "arithmetic", "--task_size", "16", "--task_eval_size", "0",
+            "--rewards", "fn:ddp_rewards:length", "--rollout.num_generations", "3", "--rollout.max_new_tokens", "6",
+            "--rounds", "2", "--train.epochs", "2", "--reference_update", reference_update,
+            "--model.name", str(tiny_dir), "--train.progress", "false", "--train.tensorboard", "false",
+            "--train.lr", "1e-3", "--train.threads", "1"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    launch(1, args + ["--train.output_dir", one, "--prompts_per_round", "8", "--train.batch_size", "4"], env)
+    launch(2, args + ["--train.output_dir", two, "--prompts_per_round", "4", "--train.batch_size", "2"], env)
+    for key in ("rollout/reward", "rollout/pairs", "train/updates"):
+        assert curve(two, key) == pytest.approx(curve(one, key), abs=1e-9), key
+    a, b = curve(one), curve(two)
+    assert len(a) == 2 and b == pytest.approx(a, abs=1e-5)
+    assert min(curve(one, "train/updates")) >= 2  # real updates, in both rounds
+    assert os.path.isdir(os.path.join(two, "final"))
