@@ -26,6 +26,9 @@ COMMANDS = {
              "calibration)"),
     "merge": ("rlhfkit.merge", "MergeConfig", "merge fine-tuned models or LoRA adapters of one base: linear, "
               "TIES, DARE, SLERP"),
+    "serve-reward": ("rlhfkit.serve_reward", "ServeRewardConfig", "serve reward sources (reward model, "
+                     "verifier, function) over HTTP with batching and a bounded queue; train with "
+                     "--rewards http://HOST:PORT/score"),
 }
 
 
