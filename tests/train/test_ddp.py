@@ -123,3 +123,41 @@ def test_online_dpo_two_processes_match_one_with_twice_the_batch(reference_updat
     assert len(a) == 2 and b == pytest.approx(a, abs=1e-5)
     assert min(curve(one, "train/updates")) >= 2  # real updates, in both rounds
     assert os.path.isdir(os.path.join(two, "final"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("recipe", ["sft", "grpo"])
+def test_two_nodes_on_loopback_match_one_process(recipe, tiny_dir, tmp_path, env):
+    """Multi-node as documented: one torchrun per "node" (--nnodes 2, --node_rank 0/1, one
+    process each), meeting at a rendezvous on 127.0.0.1 — the same loss curve as one process with
+    the batch of both."""
+    probs = make_problems(32, seed=3)
+    if recipe == "sft":
+        args = ["sft", "--data.path", write_jsonl(tmp_path / "d.jsonl", sft_rows(probs))]
+    else:
+        args = ["grpo", "--task", "arithmetic", "--task_size", "16", "--task_eval_size", "0",
+                "--rewards", "fn:ddp_rewards:length", "--rollout.num_generations", "2",
+                "--rollout.max_new_tokens", "6", "--kl_coef", "0.05", "--eval_samples", "0"]
+    args += ["--model.name", str(tiny_dir)] + COMMON
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    launch(1, args + ["--train.output_dir", one, "--train.batch_size", "4"], env)
+    port = _free_port()
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(r),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               "-m", "rlhfkit.cli", *args, "--train.output_dir", two, "--train.batch_size", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for r in (0, 1)]
+    outs = [n.communicate(timeout=600)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    a, b = curve(one), curve(two)
+    assert len(a) == len(b) == 3 and b == pytest.approx(a, abs=1e-5)
+    if recipe == "grpo":
+        assert curve(two, "rollout/reward") == pytest.approx(curve(one, "rollout/reward"), abs=1e-9)
+    assert os.path.isdir(os.path.join(two, "final"))
