@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from conftest import trace_updates_and_syncs
 from rlhfkit.config import LoraConfig, ModelConfig, TrainConfig
 from rlhfkit.data.tokenize import Example
 from rlhfkit.errors import ConfigError
@@ -101,23 +102,7 @@ def test_sampler_follows_every_update(tiny_dir, tmp_path, length_reward):
                                                                                   eval_steps=0))
     trainer = online_dpo.build(cfg, log=quiet)
     od = trainer.recipe.iteration.__self__
-    events = []
-    sync = od.engine.update_weights
-
-    def counted_sync(model):
-        events.append(("sync", model is trainer.model))
-        return sync(model)
-
-    iteration = trainer.recipe.iteration
-
-    def logged_iteration(model, mbs, step, update):
-        def logged_update(batch):
-            events.append(("update", True))
-            return update(batch)
-        return iteration(model, mbs, step, logged_update)
-
-    od.engine.update_weights = counted_sync
-    trainer.recipe.iteration = logged_iteration
+    events = trace_updates_and_syncs(trainer, od.engine, trainer.model)
     trainer.train()
     trainer.close_rewards()
     train = [r for r in records(tmp_path) if "train/loss" in r]
