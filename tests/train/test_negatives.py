@@ -312,3 +312,17 @@ def test_hh_rows_give_the_last_rejected_assistant_turn():
         head, _, last = r["rejected"].rpartition("\n\nAssistant:")
         assert rec["completion"] == [{"role": "assistant", "content": last.strip()}]
         assert rec["prompt"][-1]["role"] == "user" and rec["prompt"][-1]["content"] in head
+
+
+def test_another_generator_model_renders_its_text_for_the_policy(tiny_dir, data, tmp_path, tok):
+    """generator.name: the generator's text, rendered as the policy's tokenizer renders an
+    assistant turn, is the chosen response."""
+    cfg = cfg_for(tiny_dir, data["pairs"], tmp_path, "dpo")
+    cfg.generator.name = tiny_dir
+    logs = []
+    trainer = negatives.build(cfg, log=logs.append)
+    rows = rows_of(tmp_path / "generated.jsonl")
+    assert rows and len(rows) == len(trainer.recipe.examples)
+    for r, p in zip(rows, trainer.recipe.examples):
+        assert p.completions[0] == r["chosen_ids"]
+        assert tok.decode(r["chosen_ids"]) == r["chosen"] + "<|im_end|>"
