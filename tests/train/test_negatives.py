@@ -326,3 +326,13 @@ def test_another_generator_model_renders_its_text_for_the_policy(tiny_dir, data,
     for r, p in zip(rows, trainer.recipe.examples):
         assert p.completions[0] == r["chosen_ids"]
         assert tok.decode(r["chosen_ids"]) == r["chosen"] + "<|im_end|>"
+
+
+def test_cli_bad_data_is_one_line(capsys, tmp_path):
+    from rlhfkit.cli import main
+
+    p = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "completion": "b"}])
+    assert main(["negatives", "--data.path", p, "--train.output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rlhfkit negatives: error: ") and "sft.jsonl, row 0, field 'rejected'" in err
+    assert "\n" not in err

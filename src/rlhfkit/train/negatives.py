@@ -337,10 +337,10 @@ def build(cfg: NegativesConfig, log=print, model=None, tokenizer=None):
                             "--train.output_dir")
     if not cfg.data.path:
         raise DataError("no training data: set data.path (a local file or a hub dataset name)")
+    records = load_negatives(cfg.data.path, cfg.data.rows, cfg.data, log)  # bad data fails before any model loads
     if model is None:
         model, tokenizer = load_model(cfg.model)
-    negatives = tokenize_negatives(load_negatives(cfg.data.path, cfg.data.rows, cfg.data, log), tokenizer,
-                                   cfg.data, cfg.data.path, log)
+    negatives = tokenize_negatives(records, tokenizer, cfg.data, cfg.data.path, log)
     log(f"[negatives] {len(negatives)} undesired responses, objective={cfg.objective}")
     if cfg.objective == "npo":
         evals = []
