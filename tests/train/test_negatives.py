@@ -4,7 +4,6 @@ model, NPO's closed-form first loss, resume reusing / regenerating the file, and
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest

@@ -29,6 +29,7 @@ the present config and data, and generates again otherwise.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -293,8 +294,6 @@ def make_pairs(cfg: NegativesConfig, negatives: list[Example], generated: list[d
     data.max_length are cut (or dropped) as the data's truncation policy says; all counted."""
     by_row = {g["row"]: g for g in generated}
     pairs, rows, stats = [], [], {"empty": 0, "same as the rejected response": 0}
-    import collections
-
     cut: collections.Counter = collections.Counter()
     for ex in negatives:
         g = by_row.get(ex.row)
@@ -315,7 +314,7 @@ def make_pairs(cfg: NegativesConfig, negatives: list[Example], generated: list[d
                      "chosen_ids": list(g["chosen_ids"]), "fingerprint": fp})
     dropped = {k: v for k, v in {**stats, **cut}.items() if v}
     if dropped:
-        log(f"[negatives] generated pairs: " + ", ".join(f"{v} {k}" for k, v in dropped.items())
+        log("[negatives] generated pairs: " + ", ".join(f"{v} {k}" for k, v in dropped.items())
             + f" (of {len(negatives)} prompts)")
     if not pairs:
         raise TrainingError(f"no generated pair left ({dropped}); raise generator.max_new_tokens or "
