@@ -13,6 +13,8 @@ COMMANDS = {
     "dpo": ("rlhfkit.train.dpo", "DPOConfig", "direct alignment: DPO, IPO, SimPO, ORPO, TDPO, ... "
             "(loss_type) on pairs or ranked lists"),
     "kto": ("rlhfkit.train.kto", "KTOConfig", "KTO on thumbs-up/down rows (or pairs split into them)"),
+    "negatives": ("rlhfkit.train.negatives", "NegativesConfig", "alignment from prompts and undesired responses "
+                  "only: NPO on them, or DPO/KTO against generated desired responses (objective)"),
     "grpo": ("rlhfkit.train.rl", "RLConfig", "online RL without a critic: GRPO (default), Dr.GRPO, DAPO, "
              "RLOO, REINFORCE++ (advantage)"),
     "ppo": ("rlhfkit.train.rl", "PPOConfig", "PPO with a critic, a reward model/verifier and a KL-penalised "

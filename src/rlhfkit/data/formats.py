@@ -278,6 +278,30 @@ def normalize_row(kind: str, source: str, row: int, data: dict) -> dict:
     return rec
 
 
+def normalize_rejected(source: str, row: int, data: dict) -> dict:
+    """A row's prompt and undesired response as an unpaired record with ``label`` False.
+
+    The row holds ``rejected`` and either a ``prompt`` or (a pair with an implicit prompt, such
+    as HH-RLHF) a ``chosen`` whose shared beginning with ``rejected`` is the prompt; the chosen
+    response is not used otherwise (it may even equal the rejected one)."""
+    r = _Row(source, row, data)
+    if not isinstance(data, dict):
+        r.fail(f"row is a {type(data).__name__}, expected an object")
+    for key in ("prompt", "chosen", "rejected"):
+        _check_unicode(r, data.get(key), key)
+    rejected = r.completion("rejected")
+    if data.get("prompt") is not None:
+        prompt = r.text_or_messages("prompt")
+        rejected = _match_styles(r, prompt, rejected, "rejected")
+    elif data.get("chosen") is not None:
+        prompt, _, rejected = _split_implicit(r, r.completion("chosen"), rejected)
+        rejected = r.completion("rejected", rejected)
+    else:
+        r.fail("no prompt: give a 'prompt' field, or a 'chosen' response whose shared beginning with "
+               "'rejected' is the prompt", "prompt")
+    return {"kind": "unpaired", "row": row, "prompt": prompt, "completion": rejected, "label": False}
+
+
 def normalize_rows(raw: RawRows, *, kind: str | None = None, expected: tuple[str, ...] = (),
                    skip_invalid: bool = False, log=None) -> list[dict]:
     """Validate every row of ``raw``; return normalised records.

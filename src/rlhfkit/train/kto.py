@@ -92,15 +92,24 @@ def kto_step(model, batch, ref: Reference, cfg: KTOConfig, chunk: int):
     return loss.sum(), m
 
 
-def build(cfg: KTOConfig, log=print, model=None, tokenizer=None) -> Trainer:
+def build(cfg: KTOConfig, log=print, model=None, tokenizer=None, examples=None) -> Trainer:
+    """The KTO trainer. ``examples=(train, evals)`` gives tokenized examples instead of reading
+    ``cfg.data`` (negatives): ``train`` unpaired ones (one completion and a ``label`` each; their
+    mismatched completions are added here), ``evals`` preference pairs or none."""
     validate_all(cfg)
     if model is None:
         model, tokenizer = load_model(cfg.model)
-    recs = split_pairs(load_records(cfg.data.path, cfg.data.rows, cfg.data, ("unpaired", "preference"), log))
-    train = with_mismatched(tokenize_records(recs, tokenizer, cfg.data, source=cfg.data.path, log=log),
-                            cfg.train.seed)
-    evals = []
-    if cfg.data.eval_path or cfg.data.eval_rows:
+    if examples is not None:
+        train, evals = examples
+        if any(len(ex.completions) != 1 or ex.label is None for ex in train):
+            raise DataError("KTO's in-memory training examples must hold one completion and a label each")
+        train = with_mismatched(train, cfg.train.seed)
+    else:
+        recs = split_pairs(load_records(cfg.data.path, cfg.data.rows, cfg.data, ("unpaired", "preference"), log))
+        train = with_mismatched(tokenize_records(recs, tokenizer, cfg.data, source=cfg.data.path, log=log),
+                                cfg.train.seed)
+        evals = []
+    if examples is None and (cfg.data.eval_path or cfg.data.eval_rows):
         path = cfg.data.eval_path or cfg.data.path
         erecs = load_records(path, cfg.data.eval_rows, cfg.data, ("preference",), log)
         evals = tokenize_records(erecs, tokenizer, cfg.data, source=f"{path} (eval)", log=log)
