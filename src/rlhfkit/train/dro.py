@@ -85,6 +85,7 @@ class DROConfig:
     reference: str = "auto"
     """auto | precompute | adapters | model."""
     ref_model: str = ""
+    """reference=model: the reference's weights ('' = model.name)."""
 
     def validate(self) -> None:
         check_range("tau", self.tau, lo=0, lo_open=True)
@@ -125,14 +126,18 @@ def assign_rewards(examples: list[Example], cfg: DROConfig, source: str) -> list
     return out
 
 
-def prompt_end_positions(batch: Batch) -> Tensor:
-    """(S,) flat index of each sequence's last prompt token (the one predicting its first
-    completion token): where V(x) reads the prompt."""
+def first_targets(batch: Batch) -> Tensor:
+    """(S,) index (into the batch's targets) of each sequence's first completion token."""
     T = batch.tgt_seq.numel()
     order = torch.arange(T, device=batch.tgt_seq.device)
     first = torch.full((batch.num_sequences,), T, dtype=torch.long, device=order.device)
-    first = first.scatter_reduce(0, batch.tgt_seq, order, reduce="amin")
-    return batch.tgt_pos[first]
+    return first.scatter_reduce(0, batch.tgt_seq, order, reduce="amin")
+
+
+def prompt_end_positions(batch: Batch) -> Tensor:
+    """(S,) flat index of each sequence's last prompt token (the one predicting its first
+    completion token): where V(x) reads the prompt."""
+    return batch.tgt_pos[first_targets(batch)]
 
 
 class FeatureValueHead(nn.Module):
@@ -169,10 +174,7 @@ def precompute_features(ref: Reference, examples: list[Example], collate_fn, bat
     module.eval()
     for b in eval_batches(examples, batch_size, collate_fn, device):
         out = ref.logprobs(b, return_hidden=True)            # hidden: (T, H) at target positions
-        T = b.tgt_seq.numel()
-        first = torch.full((b.num_sequences,), T, dtype=torch.long, device=out.hidden.device)
-        first = first.scatter_reduce(0, b.tgt_seq, torch.arange(T, device=first.device), reduce="amin")
-        feats = out.hidden.index_select(0, first).float().cpu()  # (S, H)
+        feats = out.hidden.index_select(0, first_targets(b).to(out.hidden.device)).float().cpu()  # (S, H)
         for s, e in enumerate(b.seq_example.tolist()):
             b.examples[e].extra["value_features"] = feats[s]
     module.train(was_training)
