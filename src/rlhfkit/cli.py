@@ -15,6 +15,8 @@ COMMANDS = {
     "kto": ("rlhfkit.train.kto", "KTOConfig", "KTO on thumbs-up/down rows (or pairs split into them)"),
     "negatives": ("rlhfkit.train.negatives", "NegativesConfig", "alignment from prompts and undesired responses "
                   "only: NPO on them, or DPO/KTO against generated desired responses (objective)"),
+    "dro": ("rlhfkit.train.dro", "DROConfig", "DRO (direct reward optimisation): single completions with a "
+            "scalar reward or thumbs up/down, a learned value V(x), a squared loss"),
     "grpo": ("rlhfkit.train.rl", "RLConfig", "online RL without a critic: GRPO (default), Dr.GRPO, DAPO, "
              "RLOO, REINFORCE++ (advantage)"),
     "ppo": ("rlhfkit.train.rl", "PPOConfig", "PPO with a critic, a reward model/verifier and a KL-penalised "

@@ -1,7 +1,7 @@
 """Data parallel on CPU (gloo, 2 processes launched by torch.distributed.run): 2 processes x
 batch b give the same loss curve as 1 process x batch 2b, for SFT, DPO and GRPO (whose
 rollouts are batch-invariant, so each process samples exactly what the single process
-sampled for the same prompts); RM, KTO and PPO too."""
+sampled for the same prompts); RM, KTO, DRO (either value model) and PPO too."""
 
 import json
 import os
@@ -39,14 +39,15 @@ def env(tmp_path_factory):
         [str(d)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
 
 
-@pytest.mark.parametrize("recipe", ["sft", "rm", "dpo", "kto", "grpo", "ppo"])
+@pytest.mark.parametrize("recipe", ["sft", "rm", "dpo", "kto", "dro", "dro_head", "grpo", "ppo"])
 def test_two_processes_match_one_with_twice_the_batch(recipe, tiny_dir, tmp_path, env):
     probs = make_problems(32, seed=3)
     if recipe == "sft":
         args = ["sft", "--data.path", write_jsonl(tmp_path / "d.jsonl", sft_rows(probs))]
-    elif recipe in ("rm", "dpo", "kto"):
-        args = [recipe, "--data.path", write_jsonl(tmp_path / "d.jsonl", preference_rows(probs, seed=0))]
+    elif recipe in ("rm", "dpo", "kto", "dro", "dro_head"):
+        args = [recipe.split("_")[0], "--data.path", write_jsonl(tmp_path / "d.jsonl", preference_rows(probs, seed=0))]
         args += ["--norm_rows", "8"] if recipe == "rm" else []
+        args += ["--value_model", "reference_head", "--value_lr", "1e-2"] if recipe == "dro_head" else []
     else:  # a reward with spread (response length) so the updates are not all zero
         args = [recipe, "--task", "arithmetic", "--task_size", "16", "--task_eval_size", "0",
                 "--rewards", "fn:ddp_rewards:length", "--rollout.num_generations", "2",
@@ -58,7 +59,8 @@ def test_two_processes_match_one_with_twice_the_batch(recipe, tiny_dir, tmp_path
     launch(2, args + ["--train.output_dir", two, "--train.batch_size", "2"], env)
     a, b = curve(one), curve(two)
     assert len(a) == len(b) == 3
-    assert b == pytest.approx(a, abs=1e-5)
+    # DRO's squared residuals run to ~5 on the first steps: float32 summation order differs at ~1e-5 relative
+    assert b == pytest.approx(a, abs=1e-5, rel=2e-5 if recipe.startswith("dro") else 0)
     if recipe in ("grpo", "ppo"):  # the same samples were drawn: same rewards and KL on every step
         assert curve(two, "rollout/reward") == pytest.approx(curve(one, "rollout/reward"), abs=1e-9)
         assert curve(two, "rollout/kl") == pytest.approx(curve(one, "rollout/kl"), abs=1e-5)

@@ -1,4 +1,4 @@
-"""Every recipe family (SFT, RM, DPO, KTO, GRPO, PPO, online DPO) killed with SIGKILL at a
+"""Every recipe family (SFT, RM, DPO, KTO, DRO, GRPO, PPO, online DPO) killed with SIGKILL at a
 random step and restarted with --train.resume reaches the same metrics as an uninterrupted
 run, with a metrics file that has no gaps or duplicates."""
 
@@ -24,9 +24,12 @@ RL = ["--task", "arithmetic", "--task_size", "24", "--task_eval_size", "4",
 def recipe_args(recipe: str, data: dict) -> list[str]:
     if recipe == "sft":
         return ["sft", "--data.path", data["sft"], "--data.eval_path", data["sft_eval"]]
-    if recipe in ("rm", "dpo", "kto", "dpo_mpo"):
+    if recipe in ("rm", "dpo", "kto", "dpo_mpo", "dro", "dro_head"):
         extra = {"rm": ["--norm_rows", "4"],  # MPO: bco_pair's running reward mean is checkpointed
-                 "dpo_mpo": ["--loss_type", "sigmoid,bco_pair,sft", "--loss_weights", "0.8,0.2,1.0"]}.get(recipe, [])
+                 "dpo_mpo": ["--loss_type", "sigmoid,bco_pair,sft", "--loss_weights", "0.8,0.2,1.0"],
+                 # DRO: the value model (a second LM, or a head on reference features recomputed
+                 # from the initial weights at restart) is checkpointed with the policy
+                 "dro_head": ["--value_model", "reference_head", "--value_lr", "1e-2"]}.get(recipe, [])
         return [recipe.split("_")[0], "--data.path", data["pairs"], "--data.eval_path", data["eval"], *extra]
     if recipe == "grpo":
         return ["grpo", *RL, "--kl_coef", "0.05"]
@@ -47,7 +50,8 @@ def records(out):
     return [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
 
 
-@pytest.mark.parametrize("recipe", ["sft", "rm", "dpo", "dpo_mpo", "kto", "grpo", "grpo_async", "ppo"])
+@pytest.mark.parametrize("recipe", ["sft", "rm", "dpo", "dpo_mpo", "kto", "dro", "dro_head", "grpo",
+                                    "grpo_async", "ppo"])
 def test_kill9_and_resume_matches_uninterrupted(recipe, tiny_dir, tmp_path):
     probs = make_problems(40, seed=3)
     data = {"model": tiny_dir,

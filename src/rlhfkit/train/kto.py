@@ -57,10 +57,11 @@ class KTOConfig:
 
 
 def split_pairs(records: list[dict]) -> list[dict]:
-    """Preference records -> unpaired records (chosen = desirable, rejected = undesirable)."""
+    """Preference records -> unpaired records (chosen = desirable, rejected = undesirable);
+    other records pass through unchanged."""
     out = []
     for r in records:
-        if r["kind"] == "unpaired":
+        if r["kind"] != "preference":
             out.append(r)
             continue
         for field, label in (("chosen", True), ("rejected", False)):
@@ -106,6 +107,11 @@ def build(cfg: KTOConfig, log=print, model=None, tokenizer=None, examples=None) 
         train = with_mismatched(train, cfg.train.seed)
     else:
         recs = split_pairs(load_records(cfg.data.path, cfg.data.rows, cfg.data, ("unpaired", "preference"), log))
+        for r in recs:
+            if r.get("label") is None:  # a reward-only row (DRO data) has no thumbs for KTO
+                raise DataError("KTO needs a 'label' (thumbs up/down) on every row; rows with only a "
+                                "real-valued 'reward' are for `rlhfkit dro`", source=cfg.data.path,
+                                row=r["row"], field="label")
         train = with_mismatched(tokenize_records(recs, tokenizer, cfg.data, source=cfg.data.path, log=log),
                                 cfg.train.seed)
         evals = []
