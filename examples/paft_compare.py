@@ -31,6 +31,7 @@ import torch
 
 from rlhfkit.config import DataConfig, LoraConfig, ModelConfig, TrainConfig
 from rlhfkit.data.formats import normalize_row
+from rlhfkit.errors import DataError
 from rlhfkit.merge import MergeConfig
 from rlhfkit.merge import run as merge_run
 from rlhfkit.models.loading import load_model
@@ -61,9 +62,13 @@ def read_rows(path: str, rows: str) -> list[dict]:
 
 def write_sft_file(pairs_path: str, rows: str, out: str) -> str:
     """The chosen reply of each pair as a prompt/completion row (the prompt as the pair loader splits it)."""
+    lo = int(rows.split(":")[0])
     with open(out, "w") as f:
         for i, raw in enumerate(read_rows(pairs_path, rows)):
-            rec = normalize_row("preference", pairs_path, i, raw)
+            try:
+                rec = normalize_row("preference", pairs_path, lo + i, raw)
+            except DataError:  # e.g. an empty reply: skipped, as data.skip_invalid does for the pairs
+                continue
             f.write(json.dumps({"prompt": rec["prompt"], "completion": rec["chosen"]}) + "\n")
     return out
 
