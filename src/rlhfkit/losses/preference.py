@@ -430,8 +430,8 @@ def f_prime(h: Tensor, divergence: str, f_alpha: float = 0.5) -> Tensor:
 
 def f_log_ratio(h: Tensor, divergence: str, f_alpha: float = 0.5) -> Tensor:
     """g(h) = f′(e^h) - f′(1): the implicit reward over β of the f-regularised objective
-    (Wang et al. 2023), shifted so that g(0) = 0; g′(0) = 1 for every f, so at π = π_ref each
-    loss and its gradient equal the reverse-KL ones.
+    (Wang et al. 2023), shifted so that g(0) = 0: at π = π_ref every loss has its reverse-KL
+    value; the slope there is g′(0) = f″(1) = 1 (reverse KL, forward KL, α) or ½ (JS).
 
     reverse_kl: h itself (the same tensor: bit-identical to no modifier); forward_kl: 1 - e^{-h};
     js: log 2 + h - softplus(h); alpha: (1 - e^{-αh})/α. Every g is increasing, so the sign of a

@@ -298,11 +298,11 @@ def dpo_step(model, batch, ref: Reference, cfg: DPOConfig, chunk: int, state: di
         if len(names) > 1:
             m[f"loss/{name}"] = float(li.detach().double().mean()) if li.numel() else 0.0
     if cfg.use_weighting:  # WPO: the pair's (summed) preference loss times its detached weight
-        s, n = segment_sum(out.token_logps.detach() - out.log_sum_sq, batch)
+        s, n = segment_sum(out.token_logps - out.log_sum_sq, batch)  # wpo_weight detaches
         logw = s / n.clamp(min=1)                                      # (S,) ℓ(y) per response
         w = wpo_weight(logw[c], logw[r])
         loss = loss * w
-        m["weight_mean"] = float(w.double().mean()) if w.numel() else 0.0
+        m["weight_mean"] = float(w.detach().double().mean()) if w.numel() else 0.0
     if cfg.rpo_alpha > 0:
         nll, extra = rpo_nll(pairs, cfg.rpo_alpha)
         loss, m = loss + nll, {**m, **extra}
