@@ -6,7 +6,9 @@ starting model as π_ref (ties ½), before and after.
 
 Each run is the shipped ``dpo_hh`` recipe (lower 20 of 30 layers frozen, reference log-probs
 precomputed) cut to ``--steps`` steps of 16 pairs from rows 0:(16·steps), evaluated on rows
-``--eval_rows``. A list loss (MPO) takes ``--weights`` (default 0.8,0.2,1.0).
+``--eval_rows``. A list loss (MPO) takes ``--weights`` (default 0.8,0.2,1.0). ``--set KEY=VALUE``
+(repeatable) adds a config key to every run, e.g. ``--set use_weighting=true`` (WPO) or
+``--set f_divergence=js``.
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ def main() -> None:
     ap.add_argument("--eval_rows", default="2000:2160")
     ap.add_argument("--out", default="runs/dpo_variants_hh")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config key for every run")
     args = ap.parse_args()
+    extra = [tuple(kv.split("=", 1)) for kv in args.set]
+    tag = "".join(f"+{k}={v}" for k, v in extra)
     results = []
     for loss in args.losses:
         over = [("loss_type", loss), ("data.path", args.data), ("data.rows", f"0:{16 * args.steps}"),
                 ("data.eval_rows", args.eval_rows), ("train.max_steps", str(args.steps)),
                 ("train.eval_steps", str(args.steps)), ("train.save_steps", "0"), ("train.lr", str(args.lr)),
                 ("train.threads", str(args.threads)), ("train.progress", "false"), ("train.overwrite", "true"),
-                ("train.output_dir", os.path.join(args.out, loss.replace(",", "+")))]
+                ("train.output_dir", os.path.join(args.out, loss.replace(",", "+") + tag))] + extra
         if "," in loss:
             over.append(("loss_weights", args.weights))
         if loss in BETAS:
@@ -50,7 +55,7 @@ def main() -> None:
         cfg = build_config(dpo.DPOConfig, resolve_config("dpo_hh"), over)
         t0 = time.time()
         res = dpo.run(cfg, log=lambda *a: None)
-        row = {"loss": loss, "beta": cfg.beta, "steps": args.steps,
+        row = {"loss": loss + "".join(f" {k}={v}" for k, v in extra), "beta": cfg.beta, "steps": args.steps,
                "accuracy_before": res["initial"]["eval/reward_accuracy"],
                "accuracy_after": res["final"]["eval/reward_accuracy"],
                "margin_after": res["final"]["eval/reward_margin"], "wall_s": round(time.time() - t0, 1)}

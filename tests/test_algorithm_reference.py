@@ -5,7 +5,7 @@ import pathlib
 import re
 
 from rlhfkit.losses import kl, listwise, objectives, policy, reward, sft, unpaired
-from rlhfkit.losses.preference import PREFERENCE_LOSSES, rpo_nll
+from rlhfkit.losses.preference import PREFERENCE_LOSSES, f_log_ratio, rpo_nll, wpo_weight
 from rlhfkit.rl import correction, shaping
 from rlhfkit.rl.advantages import ADVANTAGES
 
@@ -21,7 +21,7 @@ def test_every_loss_and_estimator_cites_an_existing_entry():
     fns = list(PREFERENCE_LOSSES.values()) + [a.fn for a in ADVANTAGES.values()] + [
         listwise.plackett_luce_loss, reward.bradley_terry_loss, reward.listwise_bt_loss,
         unpaired.kto_loss, unpaired.dro_loss, sft.sft_loss, policy.clipped_surrogate, policy.sequence_clipped_surrogate,
-        policy.clipped_value_loss, policy.aggregate, kl.kl_estimate, rpo_nll]
+        policy.clipped_value_loss, policy.aggregate, kl.kl_estimate, rpo_nll, wpo_weight, f_log_ratio]
     fns += [s.fn for s in objectives.POLICY_LOSSES.values()] + [
         objectives.entropy_topq_mask, objectives.token_covariance, correction.mismatch_weights,
         shaping.overlong_penalty, shaping.groups_with_spread, shaping.normalize_group_scores]

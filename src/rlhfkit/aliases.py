@@ -66,6 +66,12 @@ def _modules(v):
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
 
 
+def _f_divergence(v):
+    from .losses.preference import TRL_F_DIVERGENCES
+
+    return TRL_F_DIVERGENCES.get(v, v) if isinstance(v, str) else v
+
+
 def _is_rl(cls) -> bool:
     return any(f.name == "advantage" for f in dataclasses.fields(cls))
 
@@ -167,6 +173,11 @@ ALIASES: tuple[Alias, ...] = (
     Alias("reward_weights", "rewards", "one weight per entry of reward_funcs/rewards", deferred=True),
     # reward modelling
     Alias("center_rewards_coefficient", "center_rewards_coef"),
+    # DPO
+    Alias("f_divergence_type", "f_divergence", "reverse_kl | forward_kl | js_divergence (= js) | alpha_divergence "
+          "(= alpha); applies to every loss that takes it", _f_divergence),
+    Alias("f_alpha_divergence_coef", "f_alpha", "TRL's coefficient a is 1 − α of the paper: f_alpha = 1 − a, read "
+          "only with the α-divergence (as TRL)", deferred=True),
 )
 
 
@@ -425,6 +436,30 @@ def finish(cfg, layers: list[Layer]) -> None:
     i, got = _last(layers, "reward_weights")
     if got is not None:
         _reward_weights(cfg, *got)
+    i, got = _last(layers, "f_alpha_divergence_coef")
+    if got is not None:
+        _f_alpha_coef(cfg, layers, i, *got)
+
+
+def _f_alpha_coef(cfg, layers: list[Layer], i: int, value: Any, written: str) -> None:
+    """TRL's α-divergence coefficient a: f′(u) = (u^(a−1) − 1)/(a − 1), the paper's
+    (1 − u^(−α))/α with α = 1 − a. Like TRL, it is read only when the divergence is alpha."""
+    from .config import _coerce
+
+    a = _coerce(value, float, written)
+    if cfg.f_divergence not in ("alpha", "alpha_divergence"):
+        return
+    if not 0 < a < 1:
+        raise ConfigError(f"{written} = {a:g}: TRL's coefficient a is 1 − α of the α-divergence, and rlhfkit's "
+                          "f_alpha = 1 − a must lie in (0, 1); give 0 < a < 1 (a → 1 is reverse KL: "
+                          "f_divergence_type: reverse_kl)")
+    alpha = round(1.0 - a, 12)  # 0.7 gives 0.3, not 0.30000000000000004
+    if _set_later(layers, i, "f_alpha"):
+        return
+    if "f_alpha" in layers[i].given and abs(cfg.f_alpha - alpha) > 1e-12:
+        raise ConfigError(f"{layers[i].where}: '{written}' ({a:g}, i.e. f_alpha {alpha:g}) and 'f_alpha' "
+                          f"({cfg.f_alpha:g}) disagree; keep one of them")
+    cfg.f_alpha = alpha
 
 
 def _reward_weights(cfg, value: Any, written: str) -> None:

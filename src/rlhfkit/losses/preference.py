@@ -23,6 +23,11 @@ Registered losses (``*`` = reference-free):
     tdpo           -log σ(βΔ - β(SeqKL(y_l) - SeqKL(y_w)))      TDPO, Zeng et al. 2024
     f_divergence   -log σ(β(f′(u_w) - f′(u_l))), u = π/π_ref    f-DPO, Wang et al. 2023
 
+The f-divergence modifier (``f_divergence``, ``f_alpha`` keyword arguments; spec flag
+``f_divergence``) replaces each log-ratio h in a loss's margin by g(h) = f′(e^h) - f′(1)
+(:func:`f_log_ratio`); the losses that take it are those that read the policy only through
+margins of one prompt's implicit rewards (docs/algorithms.md#f-divergence).
+
 Metrics (python floats, from detached tensors, 0.0 on an empty batch): ``rewards/chosen``,
 ``rewards/rejected`` (mean implicit reward β·h; β·logp/|y| for the reference-free losses),
 ``rewards/accuracy`` (fraction with reward_w > reward_l, ties count as wrong),
@@ -86,26 +91,45 @@ class PreferenceLossSpec:
     """Reads the per-sequence sum of token-level KL(π_ref ‖ π_θ) (TDPO): the recipe keeps a live
     reference and asks the forward for hidden states."""
     params: tuple[str, ...] = ()
-    """Its keyword parameters besides ``beta`` (config keys of the same names)."""
+    """Its keyword parameters besides ``beta`` and the f-divergence modifier (config keys of the
+    same names)."""
     reads_chosen: bool = True
     """Reads the chosen response (False for npo): the DPO recipe then also trains on rejected-only
     examples (one completion each) and computes no log-probs of a chosen response."""
+    f_divergence: bool = False
+    """Takes the f-divergence modifier (keyword arguments ``f_divergence`` and ``f_alpha``): the
+    loss reads the policy only through margins of implicit rewards of one prompt, where a
+    divergence other than reverse KL is meaningful (docs/algorithms.md#f-divergence)."""
 
 
 PREFERENCE_SPECS: dict[str, PreferenceLossSpec] = {}
 
 
+F_DIVERGENCE_KEYS = ("f_divergence", "f_alpha")
+"""The keyword arguments of the f-divergence modifier (not counted among a loss's ``params``)."""
+
+
+def _keyword_args(fn) -> list[str]:
+    return [p.name for p in inspect.signature(fn).parameters.values()
+            if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != "beta"]
+
+
 def register_preference_loss(name: str, *, needs_reference: bool = True, needs_token_kl: bool = False,
                              reads_chosen: bool = True):
     """Decorator: ``@register_preference_loss("tdpo", needs_token_kl=True)`` adds a loss and its
-    :class:`PreferenceLossSpec` (its parameters are its keyword-only arguments besides ``beta``)."""
+    :class:`PreferenceLossSpec` (its parameters are its keyword-only arguments besides ``beta``;
+    a loss that takes ``f_divergence`` and ``f_alpha`` takes the f-divergence modifier)."""
     def deco(fn: PreferenceLoss) -> PreferenceLoss:
         if name in PREFERENCE_LOSSES:
             raise ValueError(f"preference loss '{name}' is already registered")
-        params = tuple(p.name for p in inspect.signature(fn).parameters.values()
-                       if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != "beta")
+        kw = _keyword_args(fn)
+        takes_f = "f_divergence" in kw
+        if takes_f != ("f_alpha" in kw):
+            raise ValueError(f"preference loss '{name}': the f-divergence modifier takes both f_divergence and f_alpha")
+        params = tuple(k for k in kw if k not in F_DIVERGENCE_KEYS)
         PREFERENCE_LOSSES[name] = fn
-        PREFERENCE_SPECS[name] = PreferenceLossSpec(name, fn, needs_reference, needs_token_kl, params, reads_chosen)
+        PREFERENCE_SPECS[name] = PreferenceLossSpec(name, fn, needs_reference, needs_token_kl, params,
+                                                    reads_chosen, takes_f)
         return fn
     return deco
 
@@ -123,11 +147,17 @@ def get_preference_loss(name: str) -> PreferenceLoss:
 
 
 def loss_parameters(name: str) -> dict[str, object]:
-    """The keyword parameters loss ``name`` takes besides ``beta``, with their defaults."""
+    """The keyword parameters loss ``name`` takes besides ``beta`` (the f-divergence modifier's
+    included when it takes it), with their defaults."""
     _check_name(name)
     sig = inspect.signature(PREFERENCE_LOSSES[name])
     return {p.name: p.default for p in sig.parameters.values()
             if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != "beta"}
+
+
+def f_divergence_losses() -> list[str]:
+    """The registered losses that take the f-divergence modifier, sorted."""
+    return sorted(n for n, s in PREFERENCE_SPECS.items() if s.f_divergence)
 
 
 def get_preference_spec(name: str) -> PreferenceLossSpec:
@@ -149,6 +179,14 @@ def _log_ratios(b: PairLogps) -> tuple[Tensor, Tensor]:
     if b.ref_chosen is None or b.ref_rejected is None:
         raise ValueError("this preference loss needs reference log-probs (ref_chosen/ref_rejected)")
     return b.policy_chosen - b.ref_chosen, b.policy_rejected - b.ref_rejected
+
+
+def _f_log_ratios(b: PairLogps, f_divergence: str, f_alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(h_w, h_l, g_w, g_l): the log-ratios and the implicit rewards (over β) a loss's margin is
+    built from under the f-divergence modifier, g = :func:`f_log_ratio` (g is h itself for
+    reverse KL, so the default leaves every loss unchanged bit for bit)."""
+    h_w, h_l = _log_ratios(b)
+    return h_w, h_l, f_log_ratio(h_w, f_divergence, f_alpha), f_log_ratio(h_l, f_divergence, f_alpha)
 
 
 def _mean_logps(b: PairLogps) -> tuple[Tensor, Tensor]:
@@ -194,85 +232,91 @@ def _smoothed_sigmoid(logits: Tensor, eps: float) -> Tensor:
 
 
 @register_preference_loss("sigmoid")
-def sigmoid_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.0
-                 ) -> tuple[Tensor, dict]:
+def sigmoid_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.0,
+                 f_divergence: str = "reverse_kl", f_alpha: float = 0.5) -> tuple[Tensor, dict]:
     """DPO (Rafailov et al. 2023, eq. 7): -log σ(βΔ).
 
     ``label_smoothing`` ε (default 0: plain DPO) is honoured, so a smoothing set in the config
     is never dropped silently; ε > 0 gives the ``cdpo`` loss (docs/algorithms.md#dpo).
+    ``f_divergence``/``f_alpha``: the f-divergence modifier, Δ = g(h_w) - g(h_l)
+    (docs/algorithms.md#f-divergence); so for every loss that takes them.
     """
-    h_w, h_l = _log_ratios(batch)
-    loss = _smoothed_sigmoid(beta * (h_w - h_l), label_smoothing)
+    h_w, h_l, g_w, g_l = _f_log_ratios(batch, f_divergence, f_alpha)
+    loss = _smoothed_sigmoid(beta * (g_w - g_l), label_smoothing)
     return loss, _dpo_metrics(batch, beta, h_w, h_l)
 
 
 @register_preference_loss("cdpo")
-def cdpo_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.1
-              ) -> tuple[Tensor, dict]:
+def cdpo_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.1,
+              f_divergence: str = "reverse_kl", f_alpha: float = 0.5) -> tuple[Tensor, dict]:
     """Conservative DPO (cDPO, Mitchell 2023): -(1-ε) log σ(βΔ) - ε log σ(-βΔ).
 
     ε = ``label_smoothing`` is the assumed probability that a label is flipped; the loss is
     the expected DPO loss under that noise (docs/algorithms.md#cdpo).
     """
-    h_w, h_l = _log_ratios(batch)
-    loss = _smoothed_sigmoid(beta * (h_w - h_l), label_smoothing)
+    h_w, h_l, g_w, g_l = _f_log_ratios(batch, f_divergence, f_alpha)
+    loss = _smoothed_sigmoid(beta * (g_w - g_l), label_smoothing)
     return loss, _dpo_metrics(batch, beta, h_w, h_l)
 
 
 @register_preference_loss("robust")
-def robust_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.1
-                ) -> tuple[Tensor, dict]:
+def robust_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.1,
+                f_divergence: str = "reverse_kl", f_alpha: float = 0.5) -> tuple[Tensor, dict]:
     """Robust DPO (rDPO, Chowdhury et al. 2024): (-(1-ε) log σ(βΔ) + ε log σ(-βΔ)) / (1 - 2ε).
 
     The unbiased estimate of the clean-label DPO loss when each label is flipped with
     probability ε = ``label_smoothing`` < 1/2 (the name and form TRL's ``robust`` uses;
     docs/algorithms.md#robust).
     """
-    h_w, h_l = _log_ratios(batch)
-    z = beta * (h_w - h_l)
+    h_w, h_l, g_w, g_l = _f_log_ratios(batch, f_divergence, f_alpha)
+    z = beta * (g_w - g_l)
     eps = label_smoothing
     loss = (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
     return loss, _dpo_metrics(batch, beta, h_w, h_l)
 
 
 @register_preference_loss("hinge")
-def hinge_loss(batch: PairLogps, *, beta: float) -> tuple[Tensor, dict]:
+def hinge_loss(batch: PairLogps, *, beta: float, f_divergence: str = "reverse_kl", f_alpha: float = 0.5
+               ) -> tuple[Tensor, dict]:
     """SLiC-HF calibration loss (Zhao et al. 2023) on log-ratios: max(0, 1 - βΔ). See docs/algorithms.md#hinge."""
-    h_w, h_l = _log_ratios(batch)
-    loss = torch.relu(1 - beta * (h_w - h_l))
+    h_w, h_l, g_w, g_l = _f_log_ratios(batch, f_divergence, f_alpha)
+    loss = torch.relu(1 - beta * (g_w - g_l))
     return loss, _dpo_metrics(batch, beta, h_w, h_l)
 
 
 @register_preference_loss("ipo")
-def ipo_loss(batch: PairLogps, *, beta: float, ipo_length_normalize: bool = True
-             ) -> tuple[Tensor, dict]:
+def ipo_loss(batch: PairLogps, *, beta: float, ipo_length_normalize: bool = True,
+             f_divergence: str = "reverse_kl", f_alpha: float = 0.5) -> tuple[Tensor, dict]:
     """IPO (Azar et al. 2023, eq. 17): (Δ̄ - 1/(2β))², β playing the role of τ.
 
     With ``ipo_length_normalize`` (default, as in the IPO paper's experiments and TRL) Δ̄ uses
     per-token average log-ratios h(y)/|y|; otherwise the sequence sums Δ. The reward metrics
     stay β·h on sequence sums, like every other reference-based loss here.
 
+    Under the f-divergence modifier the per-token form is g(h)/|y|.
+
     See docs/algorithms.md#ipo.
     """
-    h_w, h_l = _log_ratios(batch)
+    h_w, h_l, g_w, g_l = _f_log_ratios(batch, f_divergence, f_alpha)
     if ipo_length_normalize:
-        delta = h_w / batch.chosen_len.clamp(min=1) - h_l / batch.rejected_len.clamp(min=1)
+        delta = g_w / batch.chosen_len.clamp(min=1) - g_l / batch.rejected_len.clamp(min=1)
     else:
-        delta = h_w - h_l
+        delta = g_w - g_l
     loss = (delta - 1 / (2 * beta)) ** 2
     return loss, _dpo_metrics(batch, beta, h_w, h_l, {"ipo/delta": delta})
 
 
 @register_preference_loss("rdpo")
-def rdpo_loss(batch: PairLogps, *, beta: float, alpha: float = 0.01) -> tuple[Tensor, dict]:
+def rdpo_loss(batch: PairLogps, *, beta: float, alpha: float = 0.01, f_divergence: str = "reverse_kl",
+              f_alpha: float = 0.5) -> tuple[Tensor, dict]:
     """R-DPO (Park et al. 2024): -log σ(βΔ + α|y_w| - α|y_l|) (docs/algorithms.md#rdpo).
 
     The paper adds -α|y| to the RL objective, so the implicit reward is β·h(y) + α|y| and the
     length term enters the logit with a plus sign: a longer winner already has a larger logit
     and gets less gradient, which is what removes the length bias.
     """
-    h_w, h_l = _log_ratios(batch)
-    logits = beta * (h_w - h_l) + alpha * (batch.chosen_len - batch.rejected_len)
+    h_w, h_l, g_w, g_l = _f_log_ratios(batch, f_divergence, f_alpha)
+    logits = beta * (g_w - g_l) + alpha * (batch.chosen_len - batch.rejected_len)
     return -F.logsigmoid(logits), _dpo_metrics(batch, beta, h_w, h_l)
 
 
@@ -354,6 +398,8 @@ def tdpo_loss(batch: PairLogps, *, beta: float, tdpo_alpha: float = 0.5, tdpo_va
 
 
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js", "alpha")
+TRL_F_DIVERGENCES = {"js_divergence": "js", "alpha_divergence": "alpha"}
+"""TRL's spellings of the divergences whose rlhfkit names differ (``f_divergence_type``)."""
 
 
 def _capped_exp(x: Tensor) -> Tensor:
@@ -365,6 +411,11 @@ def _capped_exp(x: Tensor) -> Tensor:
     return torch.exp(x.clamp(max=0.5 * math.log(torch.finfo(x.dtype).max)))
 
 
+def _check_divergence(divergence: str) -> None:
+    if divergence not in F_DIVERGENCES:
+        raise ConfigError(f"unknown f_divergence '{divergence}'; valid: {', '.join(F_DIVERGENCES)}")
+
+
 def f_prime(h: Tensor, divergence: str, f_alpha: float = 0.5) -> Tensor:
     """f′(u) at u = π/π_ref = exp(h), written in terms of the log-ratio h (any shape).
 
@@ -373,15 +424,31 @@ def f_prime(h: Tensor, divergence: str, f_alpha: float = 0.5) -> Tensor:
     alpha: (1 - u^{-α})/α = (1 - e^{-αh})/α, α ∈ (0, 1) interpolates reverse (α→0) and
     forward (α=1) KL.
     """
+    _check_divergence(divergence)
     if divergence == "reverse_kl":
         return h + 1
     if divergence == "forward_kl":
         return -_capped_exp(-h)
     if divergence == "js":
         return math.log(2) + h - F.softplus(h)
-    if divergence == "alpha":
-        return (1 - _capped_exp(-f_alpha * h)) / f_alpha
-    raise ConfigError(f"unknown f_divergence '{divergence}'; valid: {', '.join(F_DIVERGENCES)}")
+    return (1 - _capped_exp(-f_alpha * h)) / f_alpha
+
+
+def f_log_ratio(h: Tensor, divergence: str, f_alpha: float = 0.5) -> Tensor:
+    """g(h) = f′(e^h) - f′(1): the implicit reward over β of the f-regularised objective
+    (Wang et al. 2023), shifted so that g(0) = 0: at π = π_ref every loss has its reverse-KL
+    value; the slope there is g′(0) = f″(1) = 1 (reverse KL, forward KL, α) or ½ (JS).
+
+    reverse_kl: h itself (the same tensor: bit-identical to no modifier); forward_kl: 1 - e^{-h};
+    js: log 2 + h - softplus(h); alpha: (1 - e^{-αh})/α. Every g is increasing, so the sign of a
+    margin (and the reward accuracy) does not depend on f. See docs/algorithms.md#f-divergence.
+    """
+    _check_divergence(divergence)
+    if divergence == "reverse_kl":
+        return h
+    if divergence == "forward_kl":
+        return 1 - _capped_exp(-h)
+    return f_prime(h, divergence, f_alpha)  # js and alpha have f′(1) = 0
 
 
 @register_preference_loss("f_divergence")
@@ -389,14 +456,24 @@ def f_divergence_loss(batch: PairLogps, *, beta: float, f_divergence: str = "rev
                       f_alpha: float = 0.5) -> tuple[Tensor, dict]:
     """f-DPO (Wang et al. 2023, "Beyond Reverse KL"): -log σ(β(f′(u_w) - f′(u_l))).
 
-    ``f_divergence`` picks f (see :func:`f_prime`); ``f_alpha`` is α of the α-divergence.
+    The ``sigmoid`` loss under the f-divergence modifier (kept under its own name):
+    ``f_divergence`` picks f (see :func:`f_log_ratio`); ``f_alpha`` is α of the α-divergence.
     Reward metrics stay β·h so runs with different f compare on the same scale.
 
     See docs/algorithms.md#f-divergence.
     """
-    h_w, h_l = _log_ratios(batch)
-    logits = beta * (f_prime(h_w, f_divergence, f_alpha) - f_prime(h_l, f_divergence, f_alpha))
-    return -F.logsigmoid(logits), _dpo_metrics(batch, beta, h_w, h_l)
+    return sigmoid_loss(batch, beta=beta, f_divergence=f_divergence, f_alpha=f_alpha)
+
+
+def wpo_weight(logw_chosen: Tensor, logw_rejected: Tensor) -> Tensor:
+    """WPO's pair weight (Zhou et al. 2024): min(1, exp(ℓ_w + ℓ_l)), detached, (N,).
+
+    ℓ(y) = (1/|y|)·Σ_t [log π(y_t|x,y<t) - log Σ_v π(v|x,y<t)²] is the length-normalised,
+    sampling-aligned log-probability of a response under the current policy (the recipe computes
+    it from the policy forward); the weight multiplies the pair's loss and is not differentiated.
+    The cap at 1 follows the authors' released training code. See docs/algorithms.md#wpo.
+    """
+    return torch.exp((logw_chosen + logw_rejected).detach().clamp(max=0.0))
 
 
 def rpo_nll(batch: PairLogps, rpo_alpha: float) -> tuple[Tensor, dict]:

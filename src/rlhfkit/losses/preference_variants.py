@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .preference import (PairLogps, _dpo_metrics, _log_ratios, _mean, _mean_logps, _metrics, _smoothed_sigmoid,
-                         register_preference_loss)
+from .preference import (PairLogps, _dpo_metrics, _f_log_ratios, _log_ratios, _mean, _mean_logps, _metrics,
+                         _smoothed_sigmoid, register_preference_loss)
 
 
 @register_preference_loss("apo_zero")
@@ -69,23 +69,25 @@ def sppo_hard_loss(batch: PairLogps, *, beta: float) -> tuple[Tensor, dict]:
 
 
 @register_preference_loss("exo_pair")
-def exo_pair_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.0) -> tuple[Tensor, dict]:
+def exo_pair_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.0,
+                  f_divergence: str = "reverse_kl", f_alpha: float = 0.5) -> tuple[Tensor, dict]:
     """EXO, pairwise: the reverse KL from the model's pair distribution (σ(βΔ), σ(−βΔ)) to the
     labels' (1 − ε, ε); ε = ``label_smoothing``, and 1e-3 when it is 0 (the KL needs ε > 0). (docs/algorithms.md#dpo-variants)"""
     eps = label_smoothing or 1e-3
-    h_w, h_l = _log_ratios(batch)
-    z = beta * (h_w - h_l)
+    h_w, h_l, g_w, g_l = _f_log_ratios(batch, f_divergence, f_alpha)
+    z = beta * (g_w - g_l)
     loss = (torch.sigmoid(z) * (F.logsigmoid(z) - math.log(1 - eps))
             + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps)))
     return loss, _dpo_metrics(batch, beta, h_w, h_l)
 
 
 @register_preference_loss("discopop")
-def discopop_loss(batch: PairLogps, *, beta: float, discopop_tau: float = 0.05) -> tuple[Tensor, dict]:
+def discopop_loss(batch: PairLogps, *, beta: float, discopop_tau: float = 0.05,
+                  f_divergence: str = "reverse_kl", f_alpha: float = 0.5) -> tuple[Tensor, dict]:
     """DiscoPOP (log-ratio modulated loss): a σ(βΔ/τ)-weighted blend of the logistic (DPO) and
     the exponential loss; τ = ``discopop_tau``. (docs/algorithms.md#dpo-variants)"""
-    h_w, h_l = _log_ratios(batch)
-    z = beta * (h_w - h_l)
+    h_w, h_l, g_w, g_l = _f_log_ratios(batch, f_divergence, f_alpha)
+    z = beta * (g_w - g_l)
     # (1 − w)·(−log σ(z)) + w·e^{−z} with w = σ(z/τ), the second term as exp(log w − z) so a
     # large negative margin (w → 0, e^{−z} → ∞) stays finite
     lw = F.logsigmoid(z / discopop_tau)
@@ -132,13 +134,18 @@ def npo_loss(batch: PairLogps, *, beta: float) -> tuple[Tensor, dict]:
 
 
 @register_preference_loss("sigmoid_norm")
-def sigmoid_norm_loss(batch: PairLogps, *, beta: float) -> tuple[Tensor, dict]:
+def sigmoid_norm_loss(batch: PairLogps, *, beta: float, f_divergence: str = "reverse_kl", f_alpha: float = 0.5
+                      ) -> tuple[Tensor, dict]:
     """Length-normalised DPO: the sigmoid loss on per-token log-ratios h/|y|, so a long response
     is not favoured for its length (TRL's ``sigmoid_norm``; β is on the per-token scale, larger
-    than DPO's, e.g. 5). Rewards are β·h/|y|. (docs/algorithms.md#dpo-variants)"""
-    h_w, h_l = _log_ratios(batch)
-    r_w, r_l = beta * h_w / batch.chosen_len.clamp(min=1), beta * h_l / batch.rejected_len.clamp(min=1)
-    return -F.logsigmoid(r_w - r_l), _metrics(batch, r_w, r_l)
+    than DPO's, e.g. 5). Rewards are β·h/|y|; under the f-divergence modifier the logit is
+    β(g(h_w)/|y_w| - g(h_l)/|y_l|). (docs/algorithms.md#dpo-variants)"""
+    h_w, h_l, g_w, g_l = _f_log_ratios(batch, f_divergence, f_alpha)
+    n_w, n_l = batch.chosen_len.clamp(min=1), batch.rejected_len.clamp(min=1)
+    r_w, r_l = beta * h_w / n_w, beta * h_l / n_l
+    if g_w is h_w:  # reverse KL: the logit is the reward margin itself
+        return -F.logsigmoid(r_w - r_l), _metrics(batch, r_w, r_l)
+    return -F.logsigmoid(beta * g_w / n_w - beta * g_l / n_l), _metrics(batch, r_w, r_l)
 
 
 @register_preference_loss("bco_pair")

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..data.collate import Batch
-from .logprobs import chunked_logprobs
+from .logprobs import chunked_logprob_stats
 from .segments import uses_segments
 
 
@@ -43,16 +43,20 @@ class LogprobOutput:
     seq_tokens: Tensor       # (S,) masked token count per sequence
     entropy: Tensor | None   # (T,) per-token entropy when asked (differentiable)
     hidden: Tensor | None = None  # (T, H) hidden states predicting each target, when asked
+    log_sum_sq: Tensor | None = None  # (T,) detached log Σ_v π(v|ctx)², when asked (WPO)
 
 
 def completion_logprobs(model, batch: Batch, *, chunk: int = 1024, temperature: float = 1.0,
-                        entropy: bool = False, return_hidden: bool = False) -> LogprobOutput:
-    """Per-token and per-sequence log-probs of the completion tokens of ``batch``."""
+                        entropy: bool = False, return_hidden: bool = False,
+                        log_sum_sq: bool = False) -> LogprobOutput:
+    """Per-token and per-sequence log-probs of the completion tokens of ``batch``; with
+    ``log_sum_sq`` also each token's detached log Σ_v π(v|ctx)² from the same chunked LM-head pass."""
     h = hidden_states(model, batch).index_select(0, batch.tgt_pos)   # (T, H)
     head = lm_head(model)
-    logp, ent = chunked_logprobs(h, head.weight, batch.tgt_ids, bias=getattr(head, "bias", None),
-                                 chunk=chunk, temperature=temperature, entropy=entropy)
-    return LogprobOutput(logp, *segment_sum(logp, batch), ent, h if return_hidden else None)
+    logp, ent, lsq = chunked_logprob_stats(h, head.weight, batch.tgt_ids, bias=getattr(head, "bias", None),
+                                           chunk=chunk, temperature=temperature, entropy=entropy,
+                                           log_sum_sq=log_sum_sq)
+    return LogprobOutput(logp, *segment_sum(logp, batch), ent, h if return_hidden else None, lsq)
 
 
 def lm_head(model):

@@ -15,23 +15,27 @@ from torch import Tensor
 class _ChunkedLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
-                chunk: int, temperature: float, want_entropy: bool):
+                chunk: int, temperature: float, want_entropy: bool, want_sum_sq: bool = False):
         ctx.set_materialize_grads(False)  # an entropy kept only as a metric costs no backward work
         n = hidden.shape[0]
         logp = hidden.new_empty(n, dtype=torch.float32)
         lse_all = hidden.new_empty(n, dtype=torch.float32)
         ent = hidden.new_empty(n, dtype=torch.float32) if want_entropy else None
+        lsq = hidden.new_empty(n, dtype=torch.float32) if want_sum_sq else None
         for s in range(0, n, chunk):
             logits = _logits(hidden[s:s + chunk], weight, bias, temperature)  # (c, V) fp32
             picked = logits.gather(1, targets[s:s + chunk, None]).squeeze(1)
             mx = logits.amax(-1, keepdim=True)
             z = logits.sub_(mx)  # shifted in place
-            if want_entropy:  # H = log S - sum(e z) / S with e = exp(z), S = sum(e)
-                e = z.exp()
+            if want_entropy or want_sum_sq:  # e = exp(z), S = sum(e)
+                e = z.exp() if want_entropy else z.exp_()  # the entropy still reads z
                 tot = e.sum(-1)
-                ez = (e.unsqueeze(1) @ z.unsqueeze(2)).view(-1)  # row-wise dot, no product buffer
                 log_tot = tot.log()
-                ent[s:s + chunk] = log_tot - ez / tot
+                if want_entropy:  # H = log S - sum(e z) / S
+                    ez = (e.unsqueeze(1) @ z.unsqueeze(2)).view(-1)  # row-wise dot, no product buffer
+                    ent[s:s + chunk] = log_tot - ez / tot
+                if want_sum_sq:  # log sum_v p_v^2 = log sum(e^2) - 2 log S; sum(e^2) >= 1 (max e = 1)
+                    lsq[s:s + chunk] = (e.unsqueeze(1) @ e.unsqueeze(2)).view(-1).log() - 2 * log_tot
                 lse = log_tot.add_(mx.squeeze(1))
             else:  # logsumexp in place: no second [chunk x vocab] buffer
                 lse = z.exp_().sum(-1).log_().add_(mx.squeeze(1))
@@ -39,12 +43,13 @@ class _ChunkedLogprob(torch.autograd.Function):
             logp[s:s + chunk] = picked - lse
         ctx.save_for_backward(hidden, weight, bias, targets, lse_all, ent)
         ctx.chunk, ctx.temperature = chunk, temperature
-        if want_entropy:
-            return logp, ent
-        return logp, hidden.new_zeros(0)
+        empty = hidden.new_zeros(0)
+        if want_sum_sq:
+            ctx.mark_non_differentiable(lsq)
+        return logp, (ent if want_entropy else empty), (lsq if want_sum_sq else empty.clone())
 
     @staticmethod
-    def backward(ctx, grad_logp: Tensor, grad_ent: Tensor):
+    def backward(ctx, grad_logp: Tensor, grad_ent: Tensor, grad_lsq: Tensor | None = None):
         hidden, weight, bias, targets, lse_all, ent = ctx.saved_tensors
         if grad_logp is None:
             grad_logp = lse_all.new_zeros(lse_all.shape)
@@ -78,7 +83,7 @@ class _ChunkedLogprob(torch.autograd.Function):
             grad_w = grad_w.to(weight.dtype)
         if grad_b is not None:
             grad_b = grad_b.to(bias.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def _logits(h: Tensor, weight: Tensor, bias: Tensor | None, temperature: float) -> Tensor:
@@ -99,12 +104,26 @@ def chunked_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, *, bias: T
     Returns ``(logp (N,) fp32, entropy (N,) fp32 or None)``; both are differentiable (an
     entropy bonus backpropagates through the same chunked recomputation).
     """
+    logp, ent, _ = chunked_logprob_stats(hidden, weight, targets, bias=bias, chunk=chunk,
+                                         temperature=temperature, entropy=entropy)
+    return logp, ent
+
+
+def chunked_logprob_stats(hidden: Tensor, weight: Tensor, targets: Tensor, *, bias: Tensor | None = None,
+                          chunk: int = 1024, temperature: float = 1.0, entropy: bool = False,
+                          log_sum_sq: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """:func:`chunked_logprobs` plus, with ``log_sum_sq``, log Σ_v p_v² of each row's distribution
+    (N,) fp32, detached: the log-probability that two independent samples from p agree (WPO's
+    per-token normaliser, docs/algorithms.md#wpo). It comes from the same [chunk x vocab] block
+    as the log-prob, so it costs one row-wise dot product and no extra LM-head pass.
+    Returns ``(logp, entropy or None, log_sum_sq or None)``.
+    """
     if hidden.shape[0] == 0:
         z = hidden.new_zeros(0, dtype=torch.float32) + 0 * weight.sum()
-        return z, (z.detach() if entropy else None)
-    logp, ent = _ChunkedLogprob.apply(hidden, weight, bias, targets, max(1, int(chunk)),
-                                      float(temperature), entropy)
-    return logp, (ent if entropy else None)
+        return z, (z.detach() if entropy else None), (z.detach() if log_sum_sq else None)
+    logp, ent, lsq = _ChunkedLogprob.apply(hidden, weight, bias, targets, max(1, int(chunk)),
+                                           float(temperature), entropy, log_sum_sq)
+    return logp, (ent if entropy else None), (lsq if log_sum_sq else None)
 
 
 def naive_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, *, bias: Tensor | None = None,

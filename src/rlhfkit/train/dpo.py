@@ -24,8 +24,8 @@ from ..data.pipeline import load_examples
 from ..data.tokenize import Example
 from ..errors import ConfigError, DataError
 from ..losses.listwise import plackett_luce_loss
-from ..losses.preference import (F_DIVERGENCES, PREFERENCE_LOSSES, PairLogps, get_preference_loss, get_preference_spec,
-                                loss_parameters, rpo_nll)
+from ..losses.preference import (F_DIVERGENCES, PREFERENCE_LOSSES, TRL_F_DIVERGENCES, PairLogps, f_divergence_losses,
+                                get_preference_loss, get_preference_spec, loss_parameters, rpo_nll, wpo_weight)
 from ..models.forward import completion_logprobs, lm_head, segment_sum
 from ..models.loading import load_model
 from ..models.logprobs import chunked_token_kl
@@ -62,9 +62,15 @@ class DPOConfig:
     ipo_length_normalize: bool = True
     """IPO: use length-averaged log-ratios."""
     f_divergence: str = "reverse_kl"
-    """f_divergence loss: reverse_kl | forward_kl | js | alpha."""
+    """reverse_kl | forward_kl | js | alpha (TRL's js_divergence, alpha_divergence also accepted):
+    the divergence to the reference, applied to every loss of loss_type that takes it (sigmoid,
+    cdpo, robust, hinge, ipo, rdpo, exo_pair, discopop, sigmoid_norm, f_divergence;
+    docs/algorithms.md#f-divergence)."""
     f_alpha: float = 0.5
-    """α of the α-divergence, in (0, 1)."""
+    """α of the α-divergence, in (0, 1) (f_divergence: alpha only)."""
+    use_weighting: bool = False
+    """WPO: weight each pair's loss by the detached, length-normalised, sampling-aligned probability
+    of the pair under the current policy (docs/algorithms.md#wpo); logs weight_mean."""
     tdpo_variant: int = 1
     """TDPO: 1 (TDPO1) or 2 (TDPO2, chosen KL detached and scaled by tdpo_alpha)."""
     tdpo_alpha: float = 0.5
@@ -98,8 +104,9 @@ PAIR_KINDS = ("preference", "listwise")
 
 
 LOSS_PARAM_KEYS = ("label_smoothing", "alpha", "gamma", "orpo_lambda", "ipo_length_normalize",
-                   "f_divergence", "f_alpha", "tdpo_variant", "tdpo_alpha", "lipo_lambda", "discopop_tau",
-                   "cpo_alpha", "alphapo_alpha")
+                   "tdpo_variant", "tdpo_alpha", "lipo_lambda", "discopop_tau", "cpo_alpha", "alphapo_alpha")
+"""The losses' own parameters; the f-divergence modifier (f_divergence, f_alpha) is checked by
+:func:`check_f_divergence`."""
 
 
 def loss_names(cfg: DPOConfig) -> list[str]:
@@ -110,7 +117,7 @@ def loss_names(cfg: DPOConfig) -> list[str]:
 def _params_of(loss_type: str) -> set[str]:
     if loss_type == "plackett_luce":
         return {"lipo_lambda"}
-    return set().union(*(loss_parameters(n) for n in loss_type.split(",")))
+    return set().union(*(get_preference_spec(n).params for n in loss_type.split(",")))
 
 
 def loss_params(cfg: DPOConfig) -> dict:
@@ -127,6 +134,29 @@ def loss_params(cfg: DPOConfig) -> dict:
                           f"{', '.join(sorted(takes)) or 'beta only'}); remove the setting or "
                           f"pick the loss that uses it")
     return {k: getattr(cfg, k) for k in LOSS_PARAM_KEYS if k in takes}
+
+
+def check_f_divergence(cfg: DPOConfig) -> None:
+    """The f-divergence modifier: a known divergence (TRL's spellings become rlhfkit's), f_alpha only
+    with the α-divergence, and a divergence other than reverse KL only with losses that take it."""
+    cfg.f_divergence = TRL_F_DIVERGENCES.get(cfg.f_divergence, cfg.f_divergence)
+    if cfg.f_divergence not in F_DIVERGENCES:
+        raise ConfigError(f"f_divergence must be one of {', '.join(F_DIVERGENCES)}, got '{cfg.f_divergence}'")
+    if cfg.f_alpha != DPOConfig.f_alpha and cfg.f_divergence != "alpha":
+        raise ConfigError(f"f_alpha sets α of the α-divergence but f_divergence is {cfg.f_divergence}; "
+                          "set f_divergence: alpha, or remove f_alpha")
+    if cfg.f_divergence == "reverse_kl":
+        return
+    takes = f_divergence_losses()
+    for n in loss_names(cfg):
+        if n not in takes:
+            why = ("it ranks lists" if n == "plackett_luce" else
+                   "it has no reference ratio" if not get_preference_spec(n).needs_reference else
+                   "its token-level KL terms are reverse KL's" if get_preference_spec(n).needs_token_kl else
+                   "it reads more than the margin of one prompt's implicit rewards")
+            raise ConfigError(f"f_divergence={cfg.f_divergence} does not apply to loss_type {n} ({why}); {n} takes "
+                              f"f_divergence reverse_kl only. The divergences {', '.join(F_DIVERGENCES)} apply to: "
+                              f"{', '.join(takes)}")
 
 
 def _spec_any(cfg: DPOConfig, attr: str) -> bool:
@@ -173,8 +203,9 @@ def validate(cfg: DPOConfig) -> None:
         raise ConfigError(f"rpo_alpha adds an NLL term to pair losses; loss_type={cfg.loss_type} "
                           + ("already has one (orpo_lambda sets its balance)" if "orpo" in parts
                              else "ranks lists (use a pair loss, or rpo_alpha 0)"))
-    if cfg.f_divergence not in F_DIVERGENCES:
-        raise ConfigError(f"f_divergence must be one of {', '.join(F_DIVERGENCES)}, got '{cfg.f_divergence}'")
+    check_f_divergence(cfg)
+    if cfg.use_weighting and "plackett_luce" in parts:
+        raise ConfigError("use_weighting (WPO) weights preference pairs; plackett_luce ranks lists (use a pair loss)")
     if cfg.tdpo_variant not in (1, 2):
         raise ConfigError(f"tdpo_variant must be 1 or 2, got {cfg.tdpo_variant}")
     if cfg.reference not in ("auto", "precompute", "adapters", "model", "none"):
@@ -220,7 +251,7 @@ def dpo_step(model, batch, ref: Reference, cfg: DPOConfig, chunk: int, state: di
     """One micro-batch: (sum of per-pair / per-list losses, metrics)."""
     tdpo = _spec_any(cfg, "needs_token_kl")
     ld = cfg.ld_alpha < 1
-    out = completion_logprobs(model, batch, chunk=chunk, return_hidden=tdpo)
+    out = completion_logprobs(model, batch, chunk=chunk, return_hidden=tdpo, log_sum_sq=cfg.use_weighting)
     ref_seq, seq_kl, ref_tok = None, None, None
     if tdpo or (ld and ref.mode != "none"):
         rout = ref.logprobs(batch, return_hidden=tdpo)
@@ -261,11 +292,20 @@ def dpo_step(model, batch, ref: Reference, cfg: DPOConfig, chunk: int, state: di
     loss, m = 0.0, {}
     for name, wt in zip(names, weights):
         fn = get_preference_loss(name)
-        li, mi = fn(pairs, beta=cfg.beta, **{k: v for k, v in params.items() if k in loss_parameters(name)})
+        kw = {k: v for k, v in params.items() if k in loss_parameters(name)}
+        if get_preference_spec(name).f_divergence:
+            kw.update(f_divergence=cfg.f_divergence, f_alpha=cfg.f_alpha)
+        li, mi = fn(pairs, beta=cfg.beta, **kw)
         loss = loss + wt * li
         m = {**mi, **m}  # the first loss's reward metrics; the others' extra ones
         if len(names) > 1:
             m[f"loss/{name}"] = float(li.detach().double().mean()) if li.numel() else 0.0
+    if cfg.use_weighting:  # WPO: the pair's (summed) preference loss times its detached weight
+        s, n = segment_sum(out.token_logps - out.log_sum_sq, batch)  # wpo_weight detaches
+        logw = s / n.clamp(min=1)                                      # (S,) ℓ(y) per response
+        w = wpo_weight(logw[c], logw[r])
+        loss = loss * w
+        m["weight_mean"] = float(w.detach().double().mean()) if w.numel() else 0.0
     if cfg.rpo_alpha > 0:
         nll, extra = rpo_nll(pairs, cfg.rpo_alpha)
         loss, m = loss + nll, {**m, **extra}
