@@ -196,6 +196,10 @@ def test_dpo_refuses_rejected_only_examples_for_a_loss_reading_chosen(tiny_dir, 
                         loss_type="npo", rpo_alpha=0.5)
     with pytest.raises(ConfigError, match="rpo_alpha needs the chosen"):
         dpo.build(cfg, log=quiet, model=model, tokenizer=tok, examples=(exs, []))
+    cfg = dpo.DPOConfig(model=ModelConfig(name=tiny_dir), train=TrainConfig(output_dir=str(tmp_path)),
+                        loss_type="npo", use_weighting=True)
+    with pytest.raises(ConfigError, match="use_weighting needs the chosen"):
+        dpo.build(cfg, log=quiet, model=model, tokenizer=tok, examples=(exs, []))
 
 
 # --------------------------------------------------------------------------- resume

@@ -355,7 +355,8 @@ def rejected_only(cfg: DPOConfig, train: list[Example], evals: list[Example]) ->
         raise ConfigError(f"the examples hold only a rejected response each, but loss_type {', '.join(readers)} "
                           "reads the chosen one too; use a loss that reads only the rejected response (npo) "
                           "or give pairs")
-    for key, bad in (("rpo_alpha", cfg.rpo_alpha > 0), ("ld_alpha", cfg.ld_alpha < 1), ("sft_first", cfg.sft_first)):
+    for key, bad in (("rpo_alpha", cfg.rpo_alpha > 0), ("ld_alpha", cfg.ld_alpha < 1), ("sft_first", cfg.sft_first),
+                     ("use_weighting", cfg.use_weighting)):
         if bad:
             raise ConfigError(f"{key} needs the chosen responses, which rejected-only examples do not have; "
                               f"unset {key}")
