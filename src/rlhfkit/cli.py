@@ -10,6 +10,8 @@ import sys
 COMMANDS = {
     "sft": ("rlhfkit.train.sft", "SFTConfig", "supervised fine-tuning (completion-only loss)"),
     "rm": ("rlhfkit.train.reward", "RMConfig", "reward model (Bradley-Terry, pairs or ranked lists)"),
+    "pm": ("rlhfkit.train.pm", "PMConfig", "general preference model P(A > B | x) from pairs (antisymmetric, "
+           "BCE); held-out accuracy, calibration, intransitivity"),
     "dpo": ("rlhfkit.train.dpo", "DPOConfig", "direct alignment: DPO, IPO, SimPO, ORPO, TDPO, ... "
             "(loss_type) on pairs or ranked lists"),
     "kto": ("rlhfkit.train.kto", "KTOConfig", "KTO on thumbs-up/down rows (or pairs split into them)"),
