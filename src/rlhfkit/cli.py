@@ -21,6 +21,10 @@ COMMANDS = {
             "reward (GAE, clipped surrogate and value loss, PPO-ptx)"),
     "online-dpo": ("rlhfkit.train.online_dpo", "OnlineDPOConfig", "online / iterative DPO: rounds of "
                    "sample -> label (verifier, reward model, function) -> DPO update"),
+    "sppo": ("rlhfkit.train.nash", "SPPOConfig", "SPPO: self-play against a preference model (rlhfkit pm); "
+             "log-ratios regressed on eta*(win-rate - 1/2) per iteration"),
+    "dno": ("rlhfkit.train.nash", "DNOConfig", "DNO (batched on-policy): the preference model picks best-vs-worst "
+            "sampled pairs, DPO-family loss against the iteration's policy"),
     "label": ("rlhfkit.label", "LabelConfig", "AI feedback: judge response pairs with an LLM (both orders) "
               "or reward sources and write preference data"),
     "eval": ("rlhfkit.evaluate", "EvalConfig", "evaluate a policy (rewards, win-rate vs a reference with a "
