@@ -3,6 +3,7 @@
 computed by hand from the sampled texts, the first update's loss takes its closed form, two
 iterations write final/, and bad settings are config errors."""
 
+import json
 import math
 import os
 
@@ -186,3 +187,24 @@ def test_cli_lists_sppo_and_dno():
     from rlhfkit.cli import COMMANDS
     assert COMMANDS["sppo"][:2] == ("rlhfkit.train.nash", "SPPOConfig")
     assert COMMANDS["dno"][:2] == ("rlhfkit.train.nash", "DNOConfig")
+
+
+def test_dno_reads_the_prompts_of_pairs_and_judges_their_chosen_reply(tiny_dir, tmp_path):
+    """Preference rows give their prompts; ``reference_field: chosen`` puts the row's chosen reply
+    (a message list for conversational rows) among the candidates the judge sees."""
+    from conftest import write_jsonl
+    from rlhfkit.tasks.arithmetic import make_problems, preference_rows
+
+    path = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(make_problems(6, seed=2), seed=0))
+    judge = LengthJudge()
+    c = cfg_for(nash.DNOConfig, tiny_dir, tmp_path / "run", reference_field="chosen")
+    c.task, c.data.path, c.data.eval_rows = "", path, "4:6"
+    c.data.rows = "0:4"
+    t = nash.build(c, log=quiet, judge=judge)
+    assert len(t.recipe.examples) == 4
+    capture(t)
+    (prompts, groups), = judge.calls
+    rows = [json.loads(line) for line in open(path)][:4]
+    for prompt, g in zip(prompts, groups):                       # the step's prompts, in the loop's order
+        (row,) = [r for r in rows if r["prompt"] == prompt]
+        assert len(g) == 4 and g[3] == row["chosen"]

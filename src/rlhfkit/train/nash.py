@@ -1,7 +1,8 @@
 """Nash learning from a preference model: SPPO and DNO (batched, on-policy).
 
+    rlhfkit pm   --config pm_hh                             # the judge
     rlhfkit sppo --config sppo_hh --preference_model runs/pm_hh/final
-    rlhfkit dno  --config sppo_hh --preference_model runs/pm_hh/final
+    rlhfkit dno  --config sppo_hh --preference_model runs/pm_hh/final --reference_field chosen
 
 One loop step is one iteration t (docs/algorithms.md#nash-learning-general-preferences), top to
 bottom in :meth:`NashOnline.iteration`:
@@ -23,6 +24,11 @@ with ``matrix(prompts, groups) -> [(K, K) tables]`` and ``probs(prompts, a, b)``
 loss of the DPO registry (``loss_type``) with π_t as the reference. Held-out prompts are answered
 greedily at every evaluation and judged against the answers of the run's first evaluation
 (``win_rate_vs_start``: mean P(current ≻ start)).
+
+Prompts: a built-in ``task``, or the prompts of data rows: prompt-only rows, or the prompts of
+preference pairs (``prompt``/``chosen``/``rejected``, e.g. HH-RLHF) and prompt/completion rows,
+whose other fields stay with the prompt (DNO's ``reference_field: chosen`` judges a pair's chosen
+response beside the samples).
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from ..backends import make_engine
 from ..backends.base import RuntimeOptions
 from ..config import DataConfig, ModelConfig, TrainConfig, check_range, validate_all
 from ..data.collate import sequence_index
-from ..data.tokenize import Example, Renderer
+from ..data.pipeline import load_records
+from ..data.tokenize import Example, Renderer, tokenize_records
 from ..errors import ConfigError, DataError
 from ..losses.nash import dno_pairs, sppo_targets, win_rates
 from ..losses.objectives import PolicyLossInputs, get_policy_loss
@@ -291,6 +298,32 @@ class NashOnline:
         return res
 
 
+PROMPT_KINDS = ("prompt_only", "preference", "prompt_completion")
+
+
+def prompts_of(cfg: NashConfig, tokenizer, log=print) -> tuple[list[Example], list[Example]]:
+    """Training and held-out prompts: the task's, or those of the data rows (module docstring);
+    ``extra`` holds the raw prompt and the row's other fields."""
+    if cfg.task:
+        return load_prompts(cfg, tokenizer, log)
+    if not cfg.data.path:
+        raise DataError("no prompts: set task or data.path (prompt rows, or preference pairs whose prompts are used)")
+
+    def side(path: str, rows: str, what: str) -> list[Example]:
+        recs = []
+        for rec in load_records(path, rows, cfg.data, PROMPT_KINDS, log):
+            rest = {k: v for k, v in rec.items() if k not in ("kind", "row")}
+            recs.append({**rest, "kind": "prompt_only", "row": rec["row"]})
+        return tokenize_records(recs, tokenizer, cfg.data, source=what, log=log)
+
+    train = side(cfg.data.path, cfg.data.rows, cfg.data.path)
+    evals = []
+    if cfg.data.eval_path or cfg.data.eval_rows:
+        path = cfg.data.eval_path or cfg.data.path
+        evals = side(path, cfg.data.eval_rows, f"{path} (eval)")
+    return train, evals
+
+
 def build(cfg: NashConfig, log=print, model=None, tokenizer=None, judge=None) -> Trainer:
     validate_all(cfg)
     algo = "sppo" if isinstance(cfg, SPPOConfig) else "dno"
@@ -306,7 +339,7 @@ def build(cfg: NashConfig, log=print, model=None, tokenizer=None, judge=None) ->
     device = next(model.parameters()).device
     if hasattr(judge, "to"):
         judge.to(device)
-    train, evals = load_prompts(cfg, tokenizer, log)
+    train, evals = prompts_of(cfg, tokenizer, log)
     nash = NashOnline(cfg, model, tokenizer, judge, log)
     log(f"[{algo}] K={nash.G} prompts={len(train)} eval_prompts={len(evals)} "
         + (f"eta={cfg.eta}" if algo == "sppo" else f"loss_type={cfg.loss_type} beta={cfg.beta}"))
