@@ -4,7 +4,6 @@ plain recomputation, and a run that writes final/ and loads back as a judge."""
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -148,3 +147,14 @@ def test_config_validation(tiny_dir, data, tmp_path):
 def test_cli_lists_pm():
     from rlhfkit.cli import COMMANDS
     assert COMMANDS["pm"][:2] == ("rlhfkit.train.pm", "PMConfig")
+
+
+def test_eval_at_start_false_skips_only_the_step_0_evaluation(tiny_dir, data, tmp_path):
+    c = cfg_for(tiny_dir, data, tmp_path, max_steps=1)
+    c.eval_at_start = False
+    res = pm.run(c, log=quiet)
+    assert res["initial"] == {} and "eval/ece" in res["final"]
+    c = cfg_for(tiny_dir, data, tmp_path / "b", best_metric="accuracy")
+    c.eval_at_start = False
+    with pytest.raises(ConfigError, match="eval_at_start"):
+        pm.build(c, log=quiet)

@@ -28,7 +28,7 @@ from ..config import DataConfig, ModelConfig, TrainConfig, check_range, validate
 from ..data.collate import sequence_index
 from ..data.pipeline import load_records
 from ..data.tokenize import Example, Renderer, tokenize_records
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..evaluate import reliability
 from ..losses.nash import intransitivity_rate, preference_bce_loss, preference_logit
 from ..models.forward import sequence_scores
@@ -50,11 +50,16 @@ class PMConfig:
     """Held-out rows turned into triples for the intransitivity rate (0 = off; needs 2 held-out rows)."""
     calibration_bins: int = 10
     """Bins of the reliability table."""
+    eval_at_start: bool = True
+    """Evaluate the held-out pairs before training too (false: only every train.eval_steps and at the end)."""
 
     def validate(self) -> None:
         check_range("label_smoothing", self.label_smoothing, lo=0, hi=0.5, hi_open=True)
         check_range("eval_triples", self.eval_triples, lo=0)
         check_range("calibration_bins", self.calibration_bins, lo=1)
+        if not self.eval_at_start and self.train.best_metric:
+            raise ConfigError("eval_at_start false leaves step 0 without the evaluation train.best_metric compares; "
+                              "set eval_at_start true or leave train.best_metric empty")
 
 
 # ---------------------------------------------------------------------------- data
@@ -153,8 +158,12 @@ def build(cfg: PMConfig, log=print, model=None, tokenizer=None) -> Trainer:
     collate_fn = make_collate(tokenizer, cfg.data, cfg.train)
     triples = triple_examples(plain, cfg.eval_triples, cfg.data.max_length)
     last: dict = {}
+    calls = [0]
 
     def evaluate(m):
+        calls[0] += 1
+        if calls[0] == 1 and not cfg.eval_at_start and trainer.total_steps > 0 and not cfg.train.resume:
+            return {}  # the loop's step-0 evaluation, skipped
         res = evaluate_pm(m, evals, collate_fn, cfg.train.eval_batch_size, cfg.calibration_bins, triples,
                           tokenizer.pad_token_id)
         last.clear()
