@@ -62,3 +62,26 @@ def train_losses(out):
     """(step, train/loss) of every training record in ``out/metrics.jsonl``."""
     with open(os.path.join(out, "metrics.jsonl")) as f:
         return [(r["step"], r["train/loss"]) for r in map(json.loads, f) if "train/loss" in r]
+
+
+def trace_updates_and_syncs(trainer, engine, policy) -> list:
+    """Record, in order, every optimizer update an online recipe's iteration makes and every
+    ``engine.update_weights`` call (with whether it was given ``policy``); returns the live list."""
+    events = []
+    sync = engine.update_weights
+
+    def counted_sync(model):
+        events.append(("sync", model is policy))
+        return sync(model)
+
+    iteration = trainer.recipe.iteration
+
+    def logged_iteration(model, mbs, step, update):
+        def logged_update(batch):
+            events.append(("update", True))
+            return update(batch)
+        return iteration(model, mbs, step, logged_update)
+
+    engine.update_weights = counted_sync
+    trainer.recipe.iteration = logged_iteration
+    return events

@@ -20,7 +20,7 @@ def _anchors() -> set[str]:
 def test_every_loss_and_estimator_cites_an_existing_entry():
     fns = list(PREFERENCE_LOSSES.values()) + [a.fn for a in ADVANTAGES.values()] + [
         listwise.plackett_luce_loss, reward.bradley_terry_loss, reward.listwise_bt_loss,
-        unpaired.kto_loss, sft.sft_loss, policy.clipped_surrogate, policy.sequence_clipped_surrogate,
+        unpaired.kto_loss, unpaired.dro_loss, sft.sft_loss, policy.clipped_surrogate, policy.sequence_clipped_surrogate,
         policy.clipped_value_loss, policy.aggregate, kl.kl_estimate, rpo_nll]
     fns += [s.fn for s in objectives.POLICY_LOSSES.values()] + [
         objectives.entropy_topq_mask, objectives.token_covariance, correction.mismatch_weights,

@@ -94,7 +94,7 @@ def test_shipped_hub_datasets_are_the_local_copies():
     gsm = build_config(_cls("sft"), os.path.join(PKG_CONFIGS, "sft_gsm8k.yaml"), [])
     assert parse_hub_spec(gsm.data.path, gsm.data.split) == ("openai/gsm8k", {"split": "train", "name": "main"})
     assert parse_hub_spec(gsm.data.eval_path, gsm.data.split) == ("openai/gsm8k", {"split": "test", "name": "main"})
-    for name in ("rm_hh", "dpo_hh", "kto_hh", "simpo_hh"):
+    for name in ("rm_hh", "dpo_hh", "kto_hh", "dro_hh", "simpo_hh"):
         cfg = build_config(_cls(_command(os.path.join(PKG_CONFIGS, name + ".yaml"))),
                            os.path.join(PKG_CONFIGS, name + ".yaml"), [])
         assert parse_hub_spec(cfg.data.path, cfg.data.split) == (

@@ -15,6 +15,10 @@ COMMANDS = {
     "dpo": ("rlhfkit.train.dpo", "DPOConfig", "direct alignment: DPO, IPO, SimPO, ORPO, TDPO, ... "
             "(loss_type) on pairs or ranked lists"),
     "kto": ("rlhfkit.train.kto", "KTOConfig", "KTO on thumbs-up/down rows (or pairs split into them)"),
+    "negatives": ("rlhfkit.train.negatives", "NegativesConfig", "alignment from prompts and undesired responses "
+                  "only: NPO on them, or DPO/KTO against generated desired responses (objective)"),
+    "dro": ("rlhfkit.train.dro", "DROConfig", "DRO (direct reward optimisation): single completions with a "
+            "scalar reward or thumbs up/down, a learned value V(x), a squared loss"),
     "grpo": ("rlhfkit.train.rl", "RLConfig", "online RL without a critic: GRPO (default), Dr.GRPO, DAPO, "
              "RLOO, REINFORCE++ (advantage)"),
     "ppo": ("rlhfkit.train.rl", "PPOConfig", "PPO with a critic, a reward model/verifier and a KL-penalised "
@@ -32,6 +36,9 @@ COMMANDS = {
              "calibration)"),
     "merge": ("rlhfkit.merge", "MergeConfig", "merge fine-tuned models or LoRA adapters of one base: linear, "
               "TIES, DARE, SLERP"),
+    "serve-reward": ("rlhfkit.serve_reward", "ServeRewardConfig", "serve reward sources (reward model, "
+                     "verifier, function) over HTTP with batching and a bounded queue; train with "
+                     "--rewards http://HOST:PORT/score"),
 }
 
 

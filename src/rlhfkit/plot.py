@@ -69,7 +69,7 @@ class Panel:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """Records of ``metrics.jsonl`` (or, for an online-DPO run dir, ``rounds.jsonl``)."""
+    """Records of ``metrics.jsonl`` (or ``rounds.jsonl``, which online-DPO run dirs of earlier versions hold)."""
     if os.path.isdir(path):
         for name in ("metrics.jsonl", "rounds.jsonl"):
             if os.path.isfile(os.path.join(path, name)):

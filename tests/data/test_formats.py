@@ -432,6 +432,27 @@ def test_bad_label_value(tmp_path, label):
                   match="expected a boolean")
 
 
+def test_unpaired_reward_column():
+    rec = normalize_row("unpaired", "s", 0, {"prompt": "p", "completion": "c", "label": True, "reward": 2})
+    assert rec["label"] is True and rec["reward"] == 2.0 and isinstance(rec["reward"], float)
+    # a reward may stand in for the label (DRO); without either the label is required
+    rec = normalize_row("unpaired", "s", 0, {"prompt": "p", "completion": "c", "label": None, "reward": -0.5})
+    assert rec["label"] is None and rec["reward"] == -0.5
+    with pytest.raises(DataError, match="label"):
+        normalize_row("unpaired", "s", 0, {"prompt": "p", "completion": "c", "label": None})
+    # plain prompt/completion rows keep a usable reward and ignore an unusable one
+    assert normalize_row("prompt_completion", "s", 0, {"prompt": "p", "completion": "c", "reward": 3})["reward"] == 3.0
+    assert "reward" not in normalize_row("prompt_completion", "s", 0,
+                                         {"prompt": "p", "completion": "c", "reward": "n/a"})
+
+
+@pytest.mark.parametrize("reward", ["high", float("nan"), float("inf"), True, [1.0]])
+def test_bad_reward_value(tmp_path, reward):
+    _fail_at_row3(tmp_path, {"prompt": "p", "completion": "c", "label": True, "reward": 1.0},
+                  {"prompt": "p", "completion": "c", "label": False, "reward": reward}, "reward",
+                  match="expected a finite number")
+
+
 def test_listwise_mismatched_ranks_length(tmp_path):
     good = {"prompt": "p", "completions": ["a", "b", "c"], "ranks": [1, 2, 3]}
     _fail_at_row3(tmp_path, good, {**good, "ranks": [1, 2]}, "ranks",

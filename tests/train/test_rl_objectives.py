@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import trace_updates_and_syncs
 from rlhfkit.config import ModelConfig, TrainConfig, build_config
 from rlhfkit.errors import ConfigError
 from rlhfkit.losses.objectives import POLICY_LOSSES
@@ -467,23 +468,7 @@ def test_engine_weights_follow_every_optimizer_update(tiny_dir, tmp_path):
     cfg = cfg_for(tiny_dir, tmp_path, G=2, num_iterations=2, num_minibatches=2)
     trainer = rl.build(cfg, log=quiet)
     o = online(trainer)
-    events = []
-    sync = o.engine.update_weights
-
-    def counted_sync(model):
-        events.append(("sync", model is rl.policy_of(trainer.model)))
-        return sync(model)
-
-    iteration = trainer.recipe.iteration
-
-    def logged_iteration(model, mbs, step, update):
-        def logged_update(batch):
-            events.append(("update", True))
-            return update(batch)
-        return iteration(model, mbs, step, logged_update)
-
-    o.engine.update_weights = counted_sync
-    trainer.recipe.iteration = logged_iteration
+    events = trace_updates_and_syncs(trainer, o.engine, rl.policy_of(trainer.model))
     trainer.train()
     recs = [r for r in metrics(tmp_path) if "train/loss" in r]
     updates = sum(r["train/updates"] for r in recs)

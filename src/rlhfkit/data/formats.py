@@ -9,7 +9,8 @@ kind               fields
 language_modeling  ``text`` | ``messages``
 prompt_completion  ``prompt`` + ``completion``
 preference         [``prompt``] + ``chosen`` + ``rejected`` (prompt may be implicit)
-unpaired           ``prompt`` + ``completion`` + ``label`` (bool: thumbs up/down)
+unpaired           ``prompt`` + ``completion`` + ``label`` (bool: thumbs up/down),
+                   optionally ``reward`` (a real-valued score, read by DRO)
 listwise           ``prompt`` + ``completions`` + ``ranks`` (1 = best) | ``scores``
 prompt_only        ``prompt`` (+ any extra fields, e.g. ``answer``)
 =================  =========================================================
@@ -196,6 +197,13 @@ def _label(r: _Row) -> bool:
     r.fail(f"expected a boolean (true = desirable), got {v!r}", "label")
 
 
+def _reward(r: _Row) -> float:
+    v = r.get("reward")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        r.fail(f"expected a finite number, got {v!r}", "reward")
+    return float(v)
+
+
 def _check_unicode(r: _Row, value: Any, field: str) -> None:
     """A row error for text that is not valid Unicode (JSON can spell a lone surrogate such as
     ``"\\ud800"``, which no tokenizer can encode)."""
@@ -245,8 +253,17 @@ def normalize_row(kind: str, source: str, row: int, data: dict) -> dict:
     elif kind in ("prompt_completion", "unpaired"):
         rec["prompt"] = r.text_or_messages("prompt")
         rec["completion"] = _match_styles(r, rec["prompt"], r.completion("completion"), "completion")
-        if kind == "unpaired":
-            rec["label"] = _label(r)
+        if kind == "unpaired":  # a row with a reward may leave the label out (DRO reads either)
+            no_label = data.get("label") is None and data.get("reward") is not None
+            rec["label"] = None if no_label else _label(r)
+        if data.get("reward") is not None:
+            # a real-valued score (DRO); strict on thumbs rows, ignored when unusable on plain
+            # prompt/completion rows, whose other recipes never read it
+            if kind == "unpaired":
+                rec["reward"] = _reward(r)
+            elif isinstance(data["reward"], (int, float)) and not isinstance(data["reward"], bool) \
+                    and math.isfinite(data["reward"]):
+                rec["reward"] = float(data["reward"])
     elif kind == "preference":
         chosen, rejected = r.completion("chosen"), r.completion("rejected")
         if _squash(chosen) == _squash(rejected):
@@ -276,6 +293,30 @@ def normalize_row(kind: str, source: str, row: int, data: dict) -> dict:
     else:  # pragma: no cover - guarded by callers
         raise ValueError(kind)
     return rec
+
+
+def normalize_rejected(source: str, row: int, data: dict) -> dict:
+    """A row's prompt and undesired response as an unpaired record with ``label`` False.
+
+    The row holds ``rejected`` and either a ``prompt`` or (a pair with an implicit prompt, such
+    as HH-RLHF) a ``chosen`` whose shared beginning with ``rejected`` is the prompt; the chosen
+    response is not used otherwise (it may even equal the rejected one)."""
+    r = _Row(source, row, data)
+    if not isinstance(data, dict):
+        r.fail(f"row is a {type(data).__name__}, expected an object")
+    for key in ("prompt", "chosen", "rejected"):
+        _check_unicode(r, data.get(key), key)
+    rejected = r.completion("rejected")
+    if data.get("prompt") is not None:
+        prompt = r.text_or_messages("prompt")
+        rejected = _match_styles(r, prompt, rejected, "rejected")
+    elif data.get("chosen") is not None:
+        prompt, _, rejected = _split_implicit(r, r.completion("chosen"), rejected)
+        rejected = r.completion("rejected", rejected)
+    else:
+        r.fail("no prompt: give a 'prompt' field, or a 'chosen' response whose shared beginning with "
+               "'rejected' is the prompt", "prompt")
+    return {"kind": "unpaired", "row": row, "prompt": prompt, "completion": rejected, "label": False}
 
 
 def normalize_rows(raw: RawRows, *, kind: str | None = None, expected: tuple[str, ...] = (),

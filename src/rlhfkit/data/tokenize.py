@@ -209,6 +209,8 @@ class Renderer:
                 name = names[k] if kind == "preference" else "completion"
                 raise DataError("completion is empty after tokenization", source=self.source,
                                 row=row, field=name)
+        if rec.get("reward") is not None:
+            extra["reward"] = rec["reward"]
         return Example(row, prompt, ids, scores=rec.get("scores"), label=rec.get("label"),
                        extra=extra)
 

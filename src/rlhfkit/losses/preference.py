@@ -48,16 +48,17 @@ from ..errors import ConfigError
 class PairLogps:
     """Per-pair sequence statistics of one batch of N (prompt, chosen, rejected) triples."""
 
-    policy_chosen: Tensor
-    """(N,) sum of the chosen completion-token log-probs under the policy."""
+    policy_chosen: Tensor | None
+    """(N,) sum of the chosen completion-token log-probs under the policy; None in a
+    rejected-only batch (only for losses whose spec has ``reads_chosen=False``)."""
     policy_rejected: Tensor
     """(N,) same for the rejected completion."""
     ref_chosen: Tensor | None
-    """(N,) under the reference model; None for the reference-free losses."""
+    """(N,) under the reference model; None for the reference-free losses and in a rejected-only batch."""
     ref_rejected: Tensor | None
     """(N,) under the reference model; None for the reference-free losses."""
-    chosen_len: Tensor
-    """(N,) number of chosen completion tokens (float)."""
+    chosen_len: Tensor | None
+    """(N,) number of chosen completion tokens (float); None in a rejected-only batch."""
     rejected_len: Tensor
     """(N,) number of rejected completion tokens (float)."""
     chosen_seq_kl: Tensor | None = None
@@ -86,12 +87,16 @@ class PreferenceLossSpec:
     reference and asks the forward for hidden states."""
     params: tuple[str, ...] = ()
     """Its keyword parameters besides ``beta`` (config keys of the same names)."""
+    reads_chosen: bool = True
+    """Reads the chosen response (False for npo): the DPO recipe then also trains on rejected-only
+    examples (one completion each) and computes no log-probs of a chosen response."""
 
 
 PREFERENCE_SPECS: dict[str, PreferenceLossSpec] = {}
 
 
-def register_preference_loss(name: str, *, needs_reference: bool = True, needs_token_kl: bool = False):
+def register_preference_loss(name: str, *, needs_reference: bool = True, needs_token_kl: bool = False,
+                             reads_chosen: bool = True):
     """Decorator: ``@register_preference_loss("tdpo", needs_token_kl=True)`` adds a loss and its
     :class:`PreferenceLossSpec` (its parameters are its keyword-only arguments besides ``beta``)."""
     def deco(fn: PreferenceLoss) -> PreferenceLoss:
@@ -100,7 +105,7 @@ def register_preference_loss(name: str, *, needs_reference: bool = True, needs_t
         params = tuple(p.name for p in inspect.signature(fn).parameters.values()
                        if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != "beta")
         PREFERENCE_LOSSES[name] = fn
-        PREFERENCE_SPECS[name] = PreferenceLossSpec(name, fn, needs_reference, needs_token_kl, params)
+        PREFERENCE_SPECS[name] = PreferenceLossSpec(name, fn, needs_reference, needs_token_kl, params, reads_chosen)
         return fn
     return deco
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .preference import (PairLogps, _dpo_metrics, _log_ratios, _mean_logps, _metrics, _smoothed_sigmoid,
+from .preference import (PairLogps, _dpo_metrics, _log_ratios, _mean, _mean_logps, _metrics, _smoothed_sigmoid,
                          register_preference_loss)
 
 
@@ -113,13 +113,21 @@ def aot_loss(batch: PairLogps, *, beta: float, label_smoothing: float = 0.0) -> 
     return _smoothed_sigmoid(beta * (pi - ref), label_smoothing), _dpo_metrics(batch, beta, h_w, h_l)
 
 
-@register_preference_loss("npo")
+@register_preference_loss("npo", reads_chosen=False)
 def npo_loss(batch: PairLogps, *, beta: float) -> tuple[Tensor, dict]:
     """NPO (negative preference optimisation, for unlearning): −(2/β)·log σ(−β·h_l) on the
-    rejected response alone; the chosen one is not read (its metrics are still logged). As β → 0
-    it becomes gradient ascent on the rejected NLL, bounded instead of diverging. (docs/algorithms.md#dpo-variants)"""
-    h_w, h_l = _log_ratios(batch)
+    rejected response alone; the chosen one is not read. On pairs the chosen side's metrics are
+    still logged; on a rejected-only batch (``policy_chosen`` None, docs/algorithms.md#negatives)
+    the metrics are ``rewards/rejected``, ``logps/rejected`` and ``npo/rejected_log_ratio``. As
+    β → 0 it becomes gradient ascent on the rejected NLL, bounded instead of diverging. (docs/algorithms.md#dpo-variants)"""
+    if batch.ref_rejected is None:
+        raise ValueError("npo needs reference log-probs of the rejected responses (ref_rejected)")
+    h_l = batch.policy_rejected - batch.ref_rejected
     loss = -(2.0 / beta) * F.logsigmoid(-beta * h_l)
+    if batch.policy_chosen is None:
+        return loss, {"rewards/rejected": _mean(beta * h_l.detach()), "logps/rejected": _mean(batch.policy_rejected),
+                      "npo/rejected_log_ratio": _mean(h_l)}
+    h_w, _ = _log_ratios(batch)
     return loss, _dpo_metrics(batch, beta, h_w, h_l, {"npo/rejected_log_ratio": h_l})
 
 

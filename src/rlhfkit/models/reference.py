@@ -99,8 +99,10 @@ class Reference:
         and bytes) and the same data (the token ids and loss masks of every example, in order),
         so a model replaced under the same name or path, or a changed data file, is
         recomputed. ``model_key`` adds free-form context (e.g. how π_ref was built)."""
-        with self._as_reference() as m:
-            key = _fingerprint(examples, model_key, weights_fingerprint(m))
+        key = None
+        if cache:  # the fingerprint reads every weight: only worth it for a cache
+            with self._as_reference() as m:
+                key = _fingerprint(examples, model_key, weights_fingerprint(m))
         if cache and os.path.isfile(cache):
             saved = torch.load(cache, weights_only=True)
             if saved.get("key") == key:

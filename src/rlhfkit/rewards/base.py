@@ -8,7 +8,9 @@ as ``(row, message)``. Three kinds exist, chosen by :class:`RewardConfig.type`:
 * ``function``: a user function ``"package.module:function"`` run in a worker process
   (:mod:`rlhfkit.rewards.functions`);
 * ``model``: one trained reward model, or an ensemble of several
-  (:mod:`rlhfkit.rewards.reward_model`).
+  (:mod:`rlhfkit.rewards.reward_model`);
+* ``remote``: any of these served over HTTP by ``rlhfkit serve-reward`` on another machine
+  (:mod:`rlhfkit.rewards.remote`).
 
 :func:`build_rewards` turns a list of configs (dataclasses, dicts or command-line shorthands
 such as ``"gsm8k"``, ``"model:runs/rm/final*0.5"``) into a :class:`CombinedReward`, whose
@@ -40,7 +42,7 @@ class RewardError(TrainingError):
     """A reward source returned a value training cannot use (infinite, NaN without a reported
     row failure, or beyond its ``max_abs``); the message names the source, rows and values."""
 
-REWARD_TYPES = ("verifier", "function", "model")
+REWARD_TYPES = ("verifier", "function", "model", "remote")
 SIGNATURES = ("auto", "trl", "rlhfkit")
 """Calling conventions of a user function (:func:`rlhfkit.rewards.functions.call_style`)."""
 VERIFIER_NAMES = ("arithmetic", "gsm8k", "format")
@@ -51,8 +53,8 @@ such as "The answer is 42." (case-insensitive; "final answer", a colon, a "$", c
 decimals, a missing full stop and trailing whitespace are all accepted)."""
 
 SHORTHAND_HELP = ("'arithmetic', 'gsm8k', 'format', 'model:PATH' (or 'model:PATH1;PATH2' for an "
-                  "ensemble) or 'fn:package.module:function', optionally followed by '*WEIGHT' "
-                  "(e.g. 'gsm8k*0.5')")
+                  "ensemble), 'fn:package.module:function' or 'http://HOST:PORT/score' (a reward "
+                  "server), optionally followed by '*WEIGHT' (e.g. 'gsm8k*0.5')")
 
 
 @dataclasses.dataclass
@@ -60,7 +62,7 @@ class RewardConfig:
     """One reward source and its weight in the total reward."""
 
     type: str = "verifier"
-    """verifier | function | model."""
+    """verifier | function | model | remote."""
     name: str = ""
     """Display name in metrics and errors (empty = the verifier name, the function name, or 'rm')."""
     verifier: str = "arithmetic"
@@ -82,7 +84,13 @@ class RewardConfig:
     weight: float = 1.0
     """Multiplier of this source in the total reward (0 = logged only)."""
     timeout: float = 30.0
-    """Seconds allowed per call of a user function before its worker is stopped."""
+    """Seconds allowed per call of a user function before its worker is stopped; remote: per try
+    of a request to the server (connect and read)."""
+    url: str = ""
+    """type=remote: the reward server's scoring URL, e.g. http://127.0.0.1:8765/score."""
+    retries: int = 3
+    """type=remote: further tries of a batch after a busy server, a timeout or a lost connection
+    (exponential backoff); then the batch's rows fail (score 0, reported)."""
     max_abs: float = MAX_ABS_REWARD
     """Largest |reward| this source may return (1e6); a larger, infinite or unexplained NaN
     value stops training with an error naming the source, rows and values (inf = no bound)."""
@@ -151,6 +159,8 @@ def parse_shorthand(text: str) -> RewardConfig:
         cfg = RewardConfig(type="model", path=",".join(paths))
     elif body.startswith("fn:") and body[len("fn:"):].strip():
         cfg = RewardConfig(type="function", fn=body[len("fn:"):].strip())
+    elif body.startswith(("http://", "https://")):
+        cfg = RewardConfig(type="remote", url=body)
     else:
         raise ConfigError(f"unknown reward '{text}'; use {SHORTHAND_HELP}")
     if weight is not None:
@@ -201,6 +211,8 @@ def default_name(cfg: RewardConfig) -> str:
         return cfg.verifier
     if cfg.type == "function":
         return cfg.fn.rpartition(":")[2].rpartition(".")[2] or "fn"
+    if cfg.type == "remote":
+        return "remote"
     return "rm"
 
 
@@ -237,6 +249,14 @@ def check_reward_config(cfg: RewardConfig, where: str = "reward") -> None:
         if not (cfg.timeout > 0 and math.isfinite(cfg.timeout)):
             raise ConfigError(f"{where}.timeout must be a positive number of seconds, got "
                               f"{cfg.timeout}")
+    elif cfg.type == "remote":
+        from .remote import check_url
+
+        check_url(cfg.url, where)
+        if not (cfg.timeout > 0 and math.isfinite(cfg.timeout)):
+            raise ConfigError(f"{where}.timeout must be a positive number of seconds, got {cfg.timeout}")
+        if not (isinstance(cfg.retries, int) and 0 <= cfg.retries <= 100):
+            raise ConfigError(f"{where}.retries must be an integer in [0, 100], got {cfg.retries}")
     else:
         paths = model_paths(cfg)
         if not paths:
@@ -400,6 +420,10 @@ def build_source(cfg: RewardConfig, name: str, where: str = "reward") -> RewardS
 
         return FunctionReward(cfg.fn, name=name, timeout=cfg.timeout, where=where + ".fn",
                               signature=cfg.signature)
+    if cfg.type == "remote":
+        from .remote import RemoteReward
+
+        return RemoteReward(cfg.url, name=name, timeout=cfg.timeout, retries=cfg.retries)
     from .reward_model import ModelReward
 
     return ModelReward(model_paths(cfg), name=name, normalize=cfg.normalize,

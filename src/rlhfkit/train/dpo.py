@@ -238,7 +238,10 @@ def dpo_step(model, batch, ref: Reference, cfg: DPOConfig, chunk: int, state: di
         loss, m = plackett_luce_loss(out.seq_logps[idx], ref_seq[idx], scores.to(idx.device),
                                      valid.to(idx.device), beta=cfg.beta, **loss_params(cfg))
         return loss.sum(), m
-    c, r = idx[:, 0], idx[:, 1]
+    if K == 1:  # rejected-only examples (a loss whose spec has reads_chosen=False; checked in build)
+        c, r = None, idx[:, 0]
+    else:
+        c, r = idx[:, 0], idx[:, 1]
     pol_seq = out.seq_logps
     if ld:  # the longer response's tokens past the shorter one's length count ld_alpha
         w = ld_weights(batch, out.seq_tokens, c, r, cfg.ld_alpha)
@@ -246,8 +249,8 @@ def dpo_step(model, batch, ref: Reference, cfg: DPOConfig, chunk: int, state: di
         if ref_seq is not None:
             ref_seq = segment_sum(ref_tok * w, batch)[0]
 
-    def pick(t):  # (S,) -> (chosen (E,), rejected (E,)); absent tensors stay None
-        return (None, None) if t is None else (t[c], t[r])
+    def pick(t):  # (S,) -> (chosen (E,), rejected (E,)); absent tensors (and chosen, rejected-only) stay None
+        return (None, None) if t is None else (None if c is None else t[c], t[r])
 
     pairs = PairLogps(*pick(pol_seq), *pick(ref_seq), *pick(out.seq_tokens), *pick(seq_kl))
     names, params = loss_names(cfg), loss_params(cfg)
@@ -289,6 +292,36 @@ def evaluate_pairs(model, ref: Reference, examples, collate_fn, batch_size: int,
     return {"reward_accuracy": acc / n, "reward_margin": margin / n, "logp_accuracy": own / n}
 
 
+def evaluate_rejected(model, ref: Reference, examples, collate_fn, batch_size: int, cfg: DPOConfig) -> dict:
+    """Held-out rejected-only examples: the mean log-ratio h_l = log π_θ(y_l|x) − log π_ref(y_l|x)
+    of the rejected responses and their mean implicit reward β·h_l (both fall as the policy
+    moves away from them)."""
+    n, h = 0, 0.0
+    for b in eval_batches(examples, batch_size, collate_fn, model_device(model)):
+        out = completion_logprobs(model, b, chunk=cfg.train.logprob_chunk)
+        h += float((out.seq_logps - ref.sequence_logps(b)).double().sum())  # one sequence per example
+        n += b.num_examples
+    return {"rejected_log_ratio": h / n, "rejected_reward": cfg.beta * h / n}
+
+
+def rejected_only(cfg: DPOConfig, train: list[Example], evals: list[Example]) -> bool:
+    """Whether the examples hold the rejected response alone (one completion each), which only a
+    loss that does not read the chosen response can train on (spec ``reads_chosen=False``, e.g. npo);
+    ConfigError for a loss or setting that would need the chosen response."""
+    if cfg.loss_type == "plackett_luce" or not train or any(len(ex.completions) != 1 for ex in train + evals):
+        return False
+    if _spec_any(cfg, "reads_chosen"):
+        readers = [n for n in loss_names(cfg) if get_preference_spec(n).reads_chosen]
+        raise ConfigError(f"the examples hold only a rejected response each, but loss_type {', '.join(readers)} "
+                          "reads the chosen one too; use a loss that reads only the rejected response (npo) "
+                          "or give pairs")
+    for key, bad in (("rpo_alpha", cfg.rpo_alpha > 0), ("ld_alpha", cfg.ld_alpha < 1), ("sft_first", cfg.sft_first)):
+        if bad:
+            raise ConfigError(f"{key} needs the chosen responses, which rejected-only examples do not have; "
+                              f"unset {key}")
+    return True
+
+
 def _sft_reference(model, train: list[Example], collate_fn, cfg: DPOConfig, log) -> None:
     """Stage 'case 2': SFT on the chosen (best-ranked) responses, in place."""
     best = [Example(ex.row, ex.prompt, [ex.completions[0 if ex.scores is None else
@@ -305,12 +338,15 @@ def _sft_reference(model, train: list[Example], collate_fn, cfg: DPOConfig, log)
 
 def build(cfg: DPOConfig, log=print, model=None, tokenizer=None, examples=None, ref_model=None) -> Trainer:
     """The DPO trainer. ``examples=(train, evals)`` gives tokenized pairs instead of reading
-    ``cfg.data`` (online DPO); ``ref_model`` a frozen reference for reference=model."""
+    ``cfg.data`` (online DPO, negatives), or rejected-only examples (one completion each) for a
+    loss that reads only the rejected response (npo); ``ref_model`` a frozen reference for
+    reference=model."""
     validate_all(cfg)  # an unknown name or a bad value fails before any model is loaded
     if model is None:
         model, tokenizer = load_model(cfg.model)
     train, evals = examples if examples is not None else load_examples(cfg.data, tokenizer, PAIR_KINDS, log)
-    if cfg.loss_type != "plackett_luce" and any(len(ex.completions) != 2 for ex in train):
+    negatives_only = rejected_only(cfg, train, evals)
+    if cfg.loss_type != "plackett_luce" and not negatives_only and any(len(ex.completions) != 2 for ex in train):
         raise DataError(f"loss_type '{cfg.loss_type}' needs pairs but the data holds ranked lists; "
                         "use loss_type=plackett_luce", source=cfg.data.path)
     collate_fn = make_collate(tokenizer, cfg.data, cfg.train)
@@ -332,7 +368,8 @@ def build(cfg: DPOConfig, log=print, model=None, tokenizer=None, examples=None, 
         model=model, examples=train, collate=collate_fn, name="dpo", config=cfg,
         step=lambda m, b: LossOutput(*dpo_step(m, b, ref, cfg, chunk, recipe.state)),
         count=lambda b: float(b.num_examples),
-        evaluate=(lambda m: evaluate_pairs(m, ref, evals, collate_fn, cfg.train.eval_batch_size, cfg))
+        evaluate=(lambda m: (evaluate_rejected if negatives_only else evaluate_pairs)(
+            m, ref, evals, collate_fn, cfg.train.eval_batch_size, cfg))
         if evals and cfg.loss_type != "plackett_luce" else None,
         save=lambda m, path: save_model(m, tokenizer, path, cfg.model.lora, cfg))
     trainer = Trainer(cfg.train, recipe, log)

@@ -109,6 +109,8 @@ def checkpoint_exporter(trainer):
         parts = [(m.policy, path), (m.critic, os.path.join(path, "critic"))] if hasattr(m, "critic") and \
             hasattr(m, "policy") else [(m, path)]
         for part, where in parts:
+            if where != path and not hasattr(part, "save_pretrained"):
+                continue  # a plain head (DRO's value head): its weights are in the checkpoint state
             os.makedirs(where, exist_ok=True)
             _save_model(part, trainer._export_tok, where, lora if hasattr(part, "peft_config") else LoraConfig(),
                         config if where == path else None, base=model_cfg.name)

@@ -57,10 +57,11 @@ class KTOConfig:
 
 
 def split_pairs(records: list[dict]) -> list[dict]:
-    """Preference records -> unpaired records (chosen = desirable, rejected = undesirable)."""
+    """Preference records -> unpaired records (chosen = desirable, rejected = undesirable);
+    other records pass through unchanged."""
     out = []
     for r in records:
-        if r["kind"] == "unpaired":
+        if r["kind"] != "preference":
             out.append(r)
             continue
         for field, label in (("chosen", True), ("rejected", False)):
@@ -92,15 +93,29 @@ def kto_step(model, batch, ref: Reference, cfg: KTOConfig, chunk: int):
     return loss.sum(), m
 
 
-def build(cfg: KTOConfig, log=print, model=None, tokenizer=None) -> Trainer:
+def build(cfg: KTOConfig, log=print, model=None, tokenizer=None, examples=None) -> Trainer:
+    """The KTO trainer. ``examples=(train, evals)`` gives tokenized examples instead of reading
+    ``cfg.data`` (negatives): ``train`` unpaired ones (one completion and a ``label`` each; their
+    mismatched completions are added here), ``evals`` preference pairs or none."""
     validate_all(cfg)
     if model is None:
         model, tokenizer = load_model(cfg.model)
-    recs = split_pairs(load_records(cfg.data.path, cfg.data.rows, cfg.data, ("unpaired", "preference"), log))
-    train = with_mismatched(tokenize_records(recs, tokenizer, cfg.data, source=cfg.data.path, log=log),
-                            cfg.train.seed)
-    evals = []
-    if cfg.data.eval_path or cfg.data.eval_rows:
+    if examples is not None:
+        train, evals = examples
+        if any(len(ex.completions) != 1 or ex.label is None for ex in train):
+            raise DataError("KTO's in-memory training examples must hold one completion and a label each")
+        train = with_mismatched(train, cfg.train.seed)
+    else:
+        recs = split_pairs(load_records(cfg.data.path, cfg.data.rows, cfg.data, ("unpaired", "preference"), log))
+        for r in recs:
+            if r.get("label") is None:  # a reward-only row (DRO data) has no thumbs for KTO
+                raise DataError("KTO needs a 'label' (thumbs up/down) on every row; rows with only a "
+                                "real-valued 'reward' are for `rlhfkit dro`", source=cfg.data.path,
+                                row=r["row"], field="label")
+        train = with_mismatched(tokenize_records(recs, tokenizer, cfg.data, source=cfg.data.path, log=log),
+                                cfg.train.seed)
+        evals = []
+    if examples is None and (cfg.data.eval_path or cfg.data.eval_rows):
         path = cfg.data.eval_path or cfg.data.path
         erecs = load_records(path, cfg.data.eval_rows, cfg.data, ("preference",), log)
         evals = tokenize_records(erecs, tokenizer, cfg.data, source=f"{path} (eval)", log=log)

@@ -82,6 +82,9 @@ class Recipe:
     """Checked after every step: a non-empty reason ends the run early (final eval and save)."""
     before_save: Callable[[], None] | None = None
     """Called before each checkpoint (e.g. to put work in flight into ``state``)."""
+    after_update: Callable[[Any], dict | None] | None = None
+    """Called with the optimizer right after each optimizer step (e.g. a proximal step on the
+    weights); the metrics it returns join the update's ``train/*`` record."""
     config: Any = None
     """The recipe's whole config (a dataclass), recorded in the run dir and compared on resume;
     without it the config the CLI is running (``RUN_CONFIG``) or just the train section is used."""
@@ -479,10 +482,12 @@ class Trainer:
         self._critical = True  # from the first weight change to the step's record: Ctrl-C waits
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        after = self.recipe.after_update(self.optimizer) if self.recipe.after_update is not None else None
         keys, rkeys = sorted(sums), sorted(raw)
         red = self.all_sum([loss_total, float(tokens)] + [sums[k] for k in keys] + [weights[k] for k in keys]
                            + [raw[k] for k in rkeys])
         rec = {"train/loss": red[0], "train/grad_norm": gnorm, "_tokens": red[1]}
         rec.update({f"train/{k}": red[2 + i] / red[2 + len(keys) + i] for i, k in enumerate(keys)})
         rec["sums"] = dict(zip(rkeys, red[2 + 2 * len(keys):]))
+        rec.update({f"train/{k}": float(v) for k, v in (after or {}).items()})
         return rec

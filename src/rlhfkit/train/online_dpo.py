@@ -1,50 +1,63 @@
-"""Online (iterative) DPO: rounds of sample → label → DPO update.
+"""Online (iterative) DPO: rounds of sample → label → DPO update, on the one training loop.
 
-Each round takes the next ``prompts_per_round`` training prompts, samples
-``rollout.num_generations`` responses per prompt from the *current* policy, scores them
-with the labeller (any reward sources: a verifier, reward models, user functions), and
-turns every prompt whose responses do not all score the same into one preference pair —
-the best response chosen, the worst rejected. The policy is then trained on that round's
-pairs with any DPO-family loss for ``train.epochs``. The reference is either the initial
-policy for every round (``reference_update: fixed``, one frozen copy) or the policy as it
-was when the round started (``refresh``: its log-probs are precomputed, no copy). Held-out
-prompts are scored (greedy and sampled) before the first round and after each one; every
-round writes one record to ``output_dir/rounds.jsonl`` and its DPO run to
-``output_dir/round-N``; with ``train.log_completions: N`` every N-th round's sampled responses and
-their rewards go to ``output_dir/completions.jsonl`` (``step`` = the round).
+    rlhfkit online-dpo --config online_dpo_arithmetic
 
-Resume (``train.resume``): after every round the trainable weights, the sampling generator and the
-round records are checkpointed atomically in ``output_dir/rounds``. A restarted run loads
-the newest complete one, samples the next round again from the same generator state (so the same
-pairs), and the round's DPO run resumes from its own checkpoints (``train.save_steps``).
+One round is one step of the loop (:class:`~.loop.Trainer`) and reads top to bottom in
+:meth:`OnlineDPO.iteration`:
+
+    traj   = rollout(engine, prompts)               # num_generations samples per prompt, current policy
+    scores = score(labeller, traj)                  # the reward sources' weighted sum
+    pairs  = make_pairs(...)                        # best vs worst per prompt; all-tie prompts skipped
+    reference log-probs of the pairs                # refresh: the policy as the round starts
+    for epoch in range(train.epochs):
+        for minibatch in shuffled(pairs):
+            update(minibatch)                       # one optimizer step of the DPO-family loss
+            engine.update_weights(policy)           # the sampler follows the new weights
+
+Each round takes the loop's next ``prompts_per_round`` training prompts (per process; a fresh
+shuffle each pass over the prompts, from ``train.seed``) and samples ``rollout.num_generations``
+responses per prompt with the rollout engine (``rollout.backend``), scores them with the
+labeller (``rewards``: a verifier, reward models, user functions), and turns every prompt whose
+responses do not all score the same into one preference pair (docs/algorithms.md#online-dpo).
+The pairs of every process are gathered, so data-parallel processes train on the same round.
+The reference is the initial policy for every round (``reference_update: fixed``: LoRA's
+disabled adapters, else one frozen copy) or the policy as the round starts (``refresh``: its
+log-probs precomputed on the round's pairs, no copy; a copy refreshed each round only for losses
+that read the reference's token distribution, such as TDPO). Reference-free losses load none.
+
+``train.batch_size`` / ``train.grad_accum`` / ``train.epochs`` shape each round's updates; one
+optimizer (and its state) and one LR schedule (advanced once per round) span the run. The loop
+gives the rest: ``metrics.jsonl`` (one record per round: ``rollout/*``, the round's mean
+``train/*``; ``eval/*`` before the first round and every ``train.eval_steps`` rounds), trackers,
+checkpoints every ``train.save_steps`` rounds with exact resume (the sampling RNG is in the
+checkpoint), SIGTERM, the run-dir lock and ``final/`` with its card.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import os
+import math
 
 import torch
 
-from ..config import DataConfig, ModelConfig, TrainConfig, to_dict
+from ..config import DataConfig, ModelConfig, TrainConfig, check_range, validate_all
 from ..data.tokenize import Example
 from ..errors import ConfigError
-from ..models.forward import unwrap
+from ..models.forward import disable_dropout, unwrap
 from ..models.loading import load_model
+from ..models.reference import Reference
 from ..rewards.base import RewardConfig, build_rewards, reward_config_from
+from ..backends import make_engine
 from ..backends.base import RuntimeOptions
-from ..rl.config import RolloutConfig
-from ..rl.experience import Trajectories, from_rollout, score
-from ..rl.config import engine_options
-from ..rl.rollout import HFBackend, SamplingParams
+from ..rl.config import RolloutConfig, engine_name
+from ..rl.experience import rollout, score
+from ..rl.rollout import SamplingParams
 from . import dpo
-from .checkpoint import latest_checkpoint, load_state, save_state
+from .common import LossOutput, dist_rank, dist_world, make_collate, save_model
 from .completions import CompletionLog
-from .export import save_final
-from .loop import start_run
-from .trackers import open_trackers
+from .loop import Recipe, Trainer, start_run
+from .rl import exact_logprobs
 
 
 @dataclasses.dataclass
@@ -52,8 +65,10 @@ class OnlineDPOConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(max_length=1024, max_prompt_length=512))
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
-        output_dir="runs/online_dpo", lr=5e-6, batch_size=8, warmup_ratio=0.0, lr_scheduler="constant"))
-    """Per-round DPO training (epochs over that round's pairs)."""
+        output_dir="runs/online_dpo", lr=5e-6, batch_size=8, warmup_ratio=0.0, lr_scheduler="constant",
+        eval_steps=1, save_steps=1))
+    """batch_size / grad_accum / epochs: each round's DPO updates over its pairs; eval_steps and
+    save_steps count rounds; max_steps is not used (``rounds`` sets the run's length)."""
     task: str = ""
     """'arithmetic' = the built-in task instead of data.path prompts."""
     task_size: int = 512
@@ -62,26 +77,44 @@ class OnlineDPOConfig:
     """The labeller: reward sources whose weighted sum ranks the sampled responses."""
     rollout: RolloutConfig = dataclasses.field(default_factory=lambda: RolloutConfig(num_generations=4))
     runtime: RuntimeOptions = dataclasses.field(default_factory=RuntimeOptions)
-    """The sampler's performance switches (packed weights, lean decoder, shared prefill)."""
+    """The sampler's performance switches (packed weights, lean decoder, shared prefill, sampler_dtype)."""
     rounds: int = 2
     prompts_per_round: int = 64
+    """Prompts sampled per round and process."""
     reference_update: str = "fixed"
     """fixed (the initial policy every round) | refresh (the policy at the start of each round)."""
     loss_type: str = "sigmoid"
+    """Any DPO-family pair loss of ``rlhfkit dpo`` (docs/algorithms.md)."""
     beta: float = 0.1
     eval_samples: int = 4
     """Sampled responses per held-out prompt (plus one greedy)."""
 
 
-def _prompts(cfg: OnlineDPOConfig, tok, log):
-    from .prompts import load_prompts  # the prompt sources of GRPO/PPO (task or data file)
+def validate(cfg: OnlineDPOConfig) -> None:
+    """Range checks of online DPO's own keys (ConfigError naming the key and its range)."""
+    if cfg.reference_update not in ("fixed", "refresh"):
+        raise ConfigError(f"reference_update must be fixed|refresh, got '{cfg.reference_update}'")
+    check_range("rounds", cfg.rounds, lo=1)
+    check_range("prompts_per_round", cfg.prompts_per_round, lo=1)
+    check_range("eval_samples", cfg.eval_samples, lo=0)
+    if cfg.rollout.num_generations < 2:
+        raise ConfigError(f"online DPO needs rollout.num_generations >= 2 (a pair needs two responses), got "
+                          f"{cfg.rollout.num_generations}")
+    if cfg.train.max_steps:
+        raise ConfigError(f"train.max_steps ({cfg.train.max_steps}) is not used by online DPO: `rounds` sets the "
+                          "run's length and train.epochs the passes over each round's pairs; remove it")
+    if "plackett_luce" in dpo.loss_names(dpo_config(cfg)):
+        raise ConfigError("online DPO trains on pairs; loss_type plackett_luce ranks lists (use a pair loss)")
+    dpo.validate(dpo_config(cfg))  # the loss name (did-you-mean) and beta
 
-    return load_prompts(cfg, tok, log)
+
+OnlineDPOConfig.validate = validate
 
 
-def _score(rewards, exs: list[Example], texts: list[str], n: int) -> list[float]:
-    """The total reward of each text."""
-    return score(rewards, Trajectories(exs, n, [], [], [], texts), lambda *a: None).total
+def dpo_config(cfg: OnlineDPOConfig, reference: str = "auto") -> dpo.DPOConfig:
+    """The DPO settings each round's loss uses."""
+    return dpo.DPOConfig(model=cfg.model, data=cfg.data, train=cfg.train, loss_type=cfg.loss_type,
+                         beta=cfg.beta, reference=reference)
 
 
 def make_pairs(exs: list[Example], completions: list[list[int]], scores: list[float], n: int) -> list[Example]:
@@ -95,120 +128,180 @@ def make_pairs(exs: list[Example], completions: list[list[int]], scores: list[fl
     return pairs
 
 
-@torch.no_grad()
-def evaluate(model, tok, rewards, evals: list[Example], cfg: OnlineDPOConfig,
-             generator: torch.Generator | None = None) -> dict:
-    model.eval()
-    be = HFBackend(model, tok, **engine_options(cfg.rollout, cfg.runtime))
-    base = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                          top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=list(cfg.rollout.stop))
-    g = be.generate([e.prompt for e in evals], dataclasses.replace(base, temperature=0.0, n=1))
-    res = {"eval/greedy/reward": sum(_score(rewards, evals, g.texts, 1)) / len(evals)}
-    if cfg.eval_samples > 0:
-        s = be.generate([e.prompt for e in evals], dataclasses.replace(base, n=cfg.eval_samples), generator)
-        sc = _score(rewards, evals, s.texts, cfg.eval_samples)
-        res["eval/sampled/reward"] = sum(sc) / len(sc)
-    return res
+def update_chunks(num_pairs: int, batch_size: int, grad_accum: int, world: int, rank: int,
+                  order: list[int]) -> list[list[list[int]]]:
+    """This process's micro-batches (pair indices) of each update over ``order``.
+
+    An update takes the next ``batch_size × grad_accum × world`` pairs, split into ``grad_accum``
+    micro-batches and each of those between the processes as evenly as possible; a last update too
+    small to give every process a pair in each micro-batch is dropped (data-parallel processes must
+    run the same number of forward/backward passes)."""
+    per_update = batch_size * grad_accum * world
+    out = []
+    for u in range(0, num_pairs, per_update):
+        chunk = order[u:u + per_update]
+        if len(chunk) < grad_accum * world:
+            break
+        micros = []
+        for part in _split(chunk, grad_accum):
+            micros.append(_split(part, world)[rank])
+        out.append(micros)
+    return out
 
 
-def run(cfg: OnlineDPOConfig, log=print) -> dict:
-    start_run(cfg.train)
-    if cfg.reference_update not in ("fixed", "refresh"):
-        raise ConfigError(f"reference_update must be fixed|refresh, got '{cfg.reference_update}'")
-    if cfg.rounds < 1 or cfg.prompts_per_round < 1 or cfg.rollout.num_generations < 2:
-        raise ConfigError("online DPO needs rounds >= 1, prompts_per_round >= 1 and "
-                          "rollout.num_generations >= 2 (a pair needs two responses)")
-    # one tracker run for the whole online run (each round's DPO trainer logs only to its own dir)
-    os.makedirs(cfg.train.output_dir, exist_ok=True)
-    trackers = open_trackers(cfg.train.report_to, cfg.train.output_dir, lambda: to_dict(cfg))
-    try:
-        return _rounds(cfg, log, trackers)
-    finally:
-        for t in trackers:
-            t.close()
+def _split(xs: list, k: int) -> list[list]:
+    """``xs`` in ``k`` contiguous parts whose sizes differ by at most one (the first ones larger)."""
+    q, r = divmod(len(xs), k)
+    parts, i = [], 0
+    for j in range(k):
+        n = q + (j < r)
+        parts.append(xs[i:i + n])
+        i += n
+    return parts
 
 
-def _rounds(cfg: OnlineDPOConfig, log, trackers: list) -> dict:
+def gather_pairs(pairs: list[Example]) -> list[Example]:
+    """Every process's pairs, in rank order (the pairs themselves with one process)."""
+    if dist_world() == 1:
+        return pairs
+    got: list = [None] * dist_world()
+    torch.distributed.all_gather_object(got, pairs)
+    return [p for part in got for p in part]
+
+
+class OnlineDPO:
+    """State of one online-DPO run and its round (see :meth:`iteration`)."""
+
+    def __init__(self, cfg: OnlineDPOConfig, model, tokenizer, rewards, log=print):
+        self.cfg, self.tok, self.rewards, self.log = cfg, tokenizer, rewards, log
+        self.n = cfg.rollout.num_generations
+        probe = dpo_config(cfg)
+        needs_ref = dpo._spec_any(probe, "needs_reference")
+        self.live = dpo._spec_any(probe, "needs_token_kl") or probe.ld_alpha < 1
+        if not needs_ref:
+            mode = "none"
+        elif cfg.reference_update == "fixed":  # the initial policy: adapters off, else a frozen copy
+            mode = "adapters" if cfg.model.lora.r > 0 else "model"
+        else:  # the policy as each round starts: precomputed, or a copy refreshed per round
+            mode = "model" if self.live else "precompute"
+        ref_model = copy.deepcopy(unwrap(model)) if mode == "model" else None
+        self.ref = Reference(mode, policy=_plain(model), model=ref_model, chunk=cfg.train.logprob_chunk)
+        self.dcfg = dpo_config(cfg, reference=mode)
+        self.collate = make_collate(tokenizer, cfg.data, cfg.train)
+        self.engine = make_engine(engine_name(cfg.rollout, model), model, tokenizer,
+                                  batch_size=cfg.rollout.batch_size, runtime=cfg.runtime)
+        self.sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                       top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=self.n,
+                                       stop=list(cfg.rollout.stop))
+        self.completions = CompletionLog.for_run(cfg.train)  # train.log_completions: every N rounds
+        self.state: dict = {}  # saved with every checkpoint (bco_pair's running mean)
+
+    # ----------------------------------------------------------------- one round
+    def iteration(self, model, micro_batches: list, step: int, update) -> dict:
+        """One round, top to bottom: rollout -> score -> pairs -> reference -> the epochs of updates."""
+        cfg, policy = self.cfg, _plain(model)
+        exs = [ex for mb in micro_batches for ex in mb]
+        traj = rollout(self.engine, exs, self.sampling, row_offset=dist_rank() * len(exs) * self.n)
+        release = getattr(self.engine, "release", None)
+        if release is not None:
+            release()  # the sampling copy of the weights is not kept through the updates
+        res = score(self.rewards, traj, self.log)
+        self.completions.log_rollout(step, exs, self.n, traj.texts, res)
+        pairs = gather_pairs(make_pairs(exs, traj.completion_ids, res.total, self.n))
+        m = {"rollout/reward": sum(res.total) / len(res.total), "rollout/pairs": float(len(pairs)),
+             "rollout/prompts": float(len(exs) * dist_world()),
+             "rollout/gen_tokens_per_s": traj.num_tokens / max(traj.gen_seconds, 1e-9)}
+        if self.ref.mode == "precompute" and pairs:
+            self.ref.precompute(pairs, self.collate, cfg.train.eval_batch_size)  # π_ref = the policy now
+        elif self.ref.mode == "model" and cfg.reference_update == "refresh":
+            self.ref.model.load_state_dict(unwrap(model).state_dict())
+        device = next(policy.parameters()).device
+        tc = cfg.train
+        updates = 0
+        for epoch in range(math.ceil(tc.epochs)):
+            g = torch.Generator().manual_seed(tc.seed * 1_000_003 + step * 4099 + epoch)
+            order = torch.randperm(len(pairs), generator=g).tolist()
+            chunks = update_chunks(len(pairs), tc.batch_size, tc.grad_accum, dist_world(), dist_rank(), order)
+            if epoch + 1 > tc.epochs:  # a fractional last epoch: its share of the updates
+                chunks = chunks[:math.ceil((tc.epochs - epoch) * len(chunks))]
+            for micros in chunks:
+                update([self.collate([pairs[i] for i in mb]).to(device) for mb in micros])  # one optimizer step
+                self.engine.update_weights(policy)  # the sampler follows the new weights
+                updates += 1
+        if not updates:
+            self.log(f"[online-dpo] round {step + 1}: {len(pairs)} pair(s), too few for one update "
+                     f"(every prompt's responses tie, or fewer than train.grad_accum x processes); no update")
+        return m
+
+    def step(self, model, batch) -> LossOutput:
+        return LossOutput(*dpo.dpo_step(model, batch, self.ref, self.dcfg, self.cfg.train.logprob_chunk, self.state))
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, model, evals: list[Example]) -> dict:
+        """Held-out prompts: the labeller's mean reward of greedy responses and of ``eval_samples``
+        sampled ones, decoded from the policy's exact weights."""
+        policy = _plain(model)
+        engine = self.engine
+        if not exact_logprobs(engine):  # a bf16/int8 or vLLM sampling copy: decode from the exact weights
+            name = "cpu" if next(policy.parameters()).device.type == "cpu" else "hf"
+            engine = make_engine(name, policy, self.tok, batch_size=self.cfg.rollout.batch_size,
+                                 runtime=dataclasses.replace(self.cfg.runtime, sampler_dtype="fp32"))
+        greedy = dataclasses.replace(self.sampling, temperature=0.0, n=1)
+        res = {"greedy/reward": _mean(score(self.rewards, rollout(engine, evals, greedy), self.log).total)}
+        if self.cfg.eval_samples > 0:
+            sampled = dataclasses.replace(self.sampling, n=self.cfg.eval_samples)
+            res["sampled/reward"] = _mean(score(self.rewards, rollout(engine, evals, sampled), self.log).total)
+        return res
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _plain(model):
+    """The model inside its data-parallel wrappers (a peft model stays one)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _prompts(cfg: OnlineDPOConfig, tok, log):
+    from .prompts import load_prompts  # the prompt sources of GRPO/PPO (task or data file)
+
+    return load_prompts(cfg, tok, log)
+
+
+def build(cfg: OnlineDPOConfig, log=print, model=None, tokenizer=None) -> Trainer:
+    validate_all(cfg)  # a bad name or value fails before any model is loaded
     cfg.rewards = [reward_config_from(r) for r in cfg.rewards]
     rewards = build_rewards(cfg.rewards)
-    model, tok = load_model(cfg.model)
-    train, evals = _prompts(cfg, tok, log)
+    if model is None:
+        model, tokenizer = load_model(cfg.model)
+    disable_dropout(model)
+    train, evals = _prompts(cfg, tokenizer, log)
     if not train:
-        raise ConfigError("no training prompts")
-    fixed_ref = None
-    if cfg.reference_update == "fixed" and cfg.model.lora.r == 0:
-        fixed_ref = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
-    os.makedirs(cfg.train.output_dir, exist_ok=True)
-    log_path = os.path.join(cfg.train.output_dir, "rounds.jsonl")
-    ckpt_root = os.path.join(cfg.train.output_dir, "rounds")
-    history: list[dict] = []
-    done = 0
-    gen = torch.Generator().manual_seed(cfg.train.seed)  # sampling noise of rollouts and evaluation
-    if cfg.train.resume:
-        path = latest_checkpoint(ckpt_root, log)
-        if path is None:
-            log(f"[online-dpo] resume: no round checkpoint in {ckpt_root}; starting fresh")
-        else:
-            state, states = load_state(path, model=unwrap(model))
-            done, history = state["step"], states["history"]
-            gen.set_state(states["generator"])
-            log(f"[online-dpo] resumed from {path} (round {done}/{cfg.rounds})")
-    with open(log_path, "w") as f:  # the records of completed rounds; nothing after them
-        f.writelines(json.dumps(rec) + "\n" for rec in history)
+        raise ConfigError("online DPO: no training prompts (check task / data.path / data.rows)")
+    od = OnlineDPO(cfg, model, tokenizer, rewards, log)
+    log(f"[online-dpo] loss_type={cfg.loss_type} beta={cfg.beta} reference={od.ref.mode} "
+        f"({cfg.reference_update}) rounds={cfg.rounds} prompts={len(train)} eval_prompts={len(evals)}")
+    # the loop's view: one step per round, a micro-batch of prompts_per_round prompts
+    loop_cfg = dataclasses.replace(cfg.train, max_steps=cfg.rounds, batch_size=cfg.prompts_per_round,
+                                   grad_accum=1)
+    recipe = Recipe(
+        model=model, examples=train, collate=lambda exs: exs, config=cfg, name="online-dpo",
+        step=od.step, count=lambda b: float(b.num_examples), iteration=od.iteration,
+        evaluate=(lambda m: od.evaluate(m, evals)) if evals else None, state=od.state,
+        save=lambda m, path: save_model(m, tokenizer, path, cfg.model.lora, cfg))
+    trainer = Trainer(loop_cfg, recipe, log)
+    trainer.close_rewards = rewards.close
+    return trainer
 
-    def record(rec):
-        history.append(rec)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        for t in trackers:
-            t.log(rec["round"], {k: v for k, v in rec.items() if k != "round"})
-        log(f"[online-dpo] round {rec['round']}: " + ", ".join(
-            f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)))
 
-    if evals and not history:
-        record({"round": 0, **evaluate(model, tok, rewards, evals, cfg, gen)})
-    n = cfg.rollout.num_generations
-    params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                            top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=n, stop=list(cfg.rollout.stop))
-    completions = CompletionLog.for_run(cfg.train)  # train.log_completions: every N rounds
-    for r in range(done + 1, cfg.rounds + 1):
-        start = ((r - 1) * cfg.prompts_per_round) % len(train)
-        exs = [train[(start + i) % len(train)] for i in range(min(cfg.prompts_per_round, len(train)))]
-        model.eval()
-        be = HFBackend(model, tok, **engine_options(cfg.rollout, cfg.runtime))
-        traj = from_rollout(exs, be.generate([e.prompt for e in exs], params, gen))
-        res = score(rewards, traj, log)
-        scores = res.total
-        completions.log_rollout(r - 1, exs, n, traj.texts, res)
-        pairs = make_pairs(exs, traj.completion_ids, scores, n)
-        rec = {"round": r, "rollout/reward": sum(scores) / len(scores), "pairs": float(len(pairs)),
-               "prompts": float(len(exs))}
-        if pairs:
-            rdir = os.path.join(cfg.train.output_dir, f"round-{r}")
-            # a round that finished without its round state being saved has no resumable checkpoint
-            # (none is kept at the end): it is trained again, from the same restored sampling state
-            again = r == done + 1 and cfg.train.resume
-            cont = again and latest_checkpoint(os.path.join(rdir, "checkpoints")) is not None
-            dcfg = dpo.DPOConfig(model=cfg.model, data=cfg.data, loss_type=cfg.loss_type, beta=cfg.beta,
-                                 reference="model" if fixed_ref is not None else "auto",
-                                 train=dataclasses.replace(cfg.train, output_dir=rdir, eval_steps=0, resume=cont,
-                                                           report_to=[],
-                                                           overwrite=cfg.train.overwrite or (again and not cont)))
-            trainer = dpo.build(dcfg, log=log, model=model, tokenizer=tok, examples=(pairs, []),
-                                ref_model=fixed_ref)
-            trainer.train()
-            last = trainer.last_record
-            rec.update({k: v for k, v in last.items() if isinstance(v, float) and k.startswith("train/")
-                        and (k == "train/loss" or "reward" in k)})
-        else:
-            log(f"[online-dpo] round {r}: every prompt's responses tie; no pairs, no update")
-        if evals:
-            rec.update(evaluate(model, tok, rewards, evals, cfg, gen))
-        record(rec)
-        save_state(ckpt_root, r, model=unwrap(model), state={"rounds": cfg.rounds},
-                   states={"history": history, "generator": gen.get_state()}, keep=max(1, cfg.train.save_total_limit))
-    last = next((h for h in reversed(history) if any(k.startswith("eval/") for k in h)), {})
-    save_final(model, tok, cfg, train, {k: v for k, v in last.items() if k.startswith("eval/")}, log,
-               step=cfg.rounds)
-    rewards.close()
-    return {"rounds": history}
+def run(cfg: OnlineDPOConfig, log=print, **kw) -> dict:
+    start_run(cfg.train)
+    trainer = build(cfg, log, **kw)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close_rewards()

@@ -9,13 +9,14 @@ import dataclasses
 import math
 
 
-from ..config import DataConfig, ModelConfig, TrainConfig, validate_all
+from ..config import DataConfig, ModelConfig, TrainConfig, check_range, validate_all
 from ..data.pipeline import load_examples
 from ..losses.sft import sft_loss
 from ..models.forward import completion_logprobs
 from ..models.loading import load_model
 from .common import LossOutput, eval_batches, make_collate, model_device, save_model
 from .loop import Recipe, Trainer, start_run
+from .sparsity import DeltaL1
 
 
 @dataclasses.dataclass
@@ -24,6 +25,13 @@ class SFTConfig:
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(max_length=1024))
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
         output_dir="runs/sft", lr=2e-5))
+    l1_coef: float = 0.0
+    """λ of a proximal L1 step on the fine-tuning delta after every update (LoRA: the adapter
+    weights; full: the change from the starting weights), >= 0; 0 = off. PAFT's sparse SFT delta
+    for merging with a preference-trained one (docs/algorithms.md#paft)."""
+
+    def validate(self, p: str = "") -> None:
+        check_range(p + "l1_coef", self.l1_coef, lo=0)
 
 
 SFT_KINDS = ("language_modeling", "prompt_completion")
@@ -59,7 +67,8 @@ def build(cfg: SFTConfig, log=print, model=None, tokenizer=None) -> Trainer:
         count=lambda b: float(b.tgt_mask.sum()),
         evaluate=(lambda m: evaluate_nll(m, evals, collate_fn, cfg.train.eval_batch_size, chunk))
         if evals else None,
-        save=lambda m, path: save_model(m, tokenizer, path, cfg.model.lora, cfg))
+        save=lambda m, path: save_model(m, tokenizer, path, cfg.model.lora, cfg),
+        after_update=DeltaL1(model, cfg.l1_coef, cfg.model.lora.r > 0) if cfg.l1_coef > 0 else None)
     return Trainer(cfg.train, recipe, log)
 
 
