@@ -4,7 +4,7 @@ import inspect
 import pathlib
 import re
 
-from rlhfkit.losses import kl, listwise, objectives, policy, reward, sft, unpaired
+from rlhfkit.losses import kl, listwise, nash, objectives, policy, reward, sft, unpaired
 from rlhfkit.losses.preference import PREFERENCE_LOSSES, f_log_ratio, rpo_nll, wpo_weight
 from rlhfkit.rl import correction, shaping
 from rlhfkit.rl.advantages import ADVANTAGES
@@ -25,6 +25,8 @@ def test_every_loss_and_estimator_cites_an_existing_entry():
     fns += [s.fn for s in objectives.POLICY_LOSSES.values()] + [
         objectives.entropy_topq_mask, objectives.token_covariance, correction.mismatch_weights,
         shaping.overlong_penalty, shaping.groups_with_spread, shaping.normalize_group_scores]
+    fns += [nash.preference_logit, nash.preference_bce_loss, nash.win_rates, nash.sppo_targets, nash.dno_pairs,
+            nash.is_cycle, nash.intransitivity_rate]
     anchors = _anchors()
     missing = []
     for fn in fns:

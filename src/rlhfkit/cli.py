@@ -10,6 +10,8 @@ import sys
 COMMANDS = {
     "sft": ("rlhfkit.train.sft", "SFTConfig", "supervised fine-tuning (completion-only loss)"),
     "rm": ("rlhfkit.train.reward", "RMConfig", "reward model (Bradley-Terry, pairs or ranked lists)"),
+    "pm": ("rlhfkit.train.pm", "PMConfig", "general preference model P(A > B | x) from pairs (antisymmetric, "
+           "BCE); held-out accuracy, calibration, intransitivity"),
     "dpo": ("rlhfkit.train.dpo", "DPOConfig", "direct alignment: DPO, IPO, SimPO, ORPO, TDPO, ... "
             "(loss_type) on pairs or ranked lists"),
     "kto": ("rlhfkit.train.kto", "KTOConfig", "KTO on thumbs-up/down rows (or pairs split into them)"),
@@ -23,6 +25,10 @@ COMMANDS = {
             "reward (GAE, clipped surrogate and value loss, PPO-ptx)"),
     "online-dpo": ("rlhfkit.train.online_dpo", "OnlineDPOConfig", "online / iterative DPO: rounds of "
                    "sample -> label (verifier, reward model, function) -> DPO update"),
+    "sppo": ("rlhfkit.train.nash", "SPPOConfig", "SPPO: self-play against a preference model (rlhfkit pm); "
+             "log-ratios regressed on eta*(win-rate - 1/2) per iteration"),
+    "dno": ("rlhfkit.train.nash", "DNOConfig", "DNO (batched on-policy): the preference model picks best-vs-worst "
+            "sampled pairs, DPO-family loss against the iteration's policy"),
     "label": ("rlhfkit.label", "LabelConfig", "AI feedback: judge response pairs with an LLM (both orders) "
               "or reward sources and write preference data"),
     "eval": ("rlhfkit.evaluate", "EvalConfig", "evaluate a policy (rewards, win-rate vs a reference with a "

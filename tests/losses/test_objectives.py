@@ -410,6 +410,7 @@ def test_registry_specs():
         "clip_cov": ("token", ("eps_low", "eps_high", "clip_cov_frac", "clip_cov_lower", "clip_cov_upper"),
                      None),
         "kl_cov": ("token", ("kl_cov_frac", "kl_cov_coef"), None),
+        "sppo": ("sequence", (), ("grpo", "dr_grpo")),
     }
     for name, (imp, params, aggs) in want.items():
         spec = get_policy_loss(name)

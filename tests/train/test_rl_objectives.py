@@ -22,10 +22,10 @@ from rlhfkit.rl.config import CorrectionConfig
 from rlhfkit.train import rl
 
 VOWEL = {"type": "verifier", "verifier": "format", "pattern": "^ "}  # varies on the random model
-LOSSES = ("ppo", "seq_ppo", "gspo", "cispo", "dual_clip", "clip_cov", "kl_cov")
+LOSSES = ("ppo", "seq_ppo", "gspo", "cispo", "dual_clip", "clip_cov", "kl_cov", "sppo")
 LOSS_METRICS = {"seq_ppo": ("seq_clip_frac", "policy_loss_seq"), "gspo": ("seq_clip_frac", "policy_loss_seq"),
                 "dual_clip": ("dual_clip_frac",), "clip_cov": ("cov_selected_frac",),
-                "kl_cov": ("cov_selected_frac",)}
+                "kl_cov": ("cov_selected_frac",), "sppo": ("sppo/log_ratio", "policy_loss_seq")}
 
 
 def quiet(*a):
@@ -136,7 +136,7 @@ def test_every_policy_loss_trains_end_to_end(tiny_dir, tmp_path, loss):
 
 @pytest.mark.parametrize("loss", [n for n, s in POLICY_LOSSES.items() if s.importance == "sequence"])
 def test_sequence_losses_refuse_dapo_aggregation(tiny_dir, tmp_path, loss):
-    assert loss in ("seq_ppo", "gspo")
+    assert loss in ("seq_ppo", "gspo", "sppo")
     with pytest.raises(ConfigError, match=f"policy loss '{loss}'.*loss_agg"):
         rl.build(cfg_for(tiny_dir, tmp_path, policy_loss=loss, loss_agg="dapo"), log=quiet)
     for agg in ("grpo", "dr_grpo"):

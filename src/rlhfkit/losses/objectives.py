@@ -16,6 +16,7 @@ cispo       token      −sg(clip(ρ))·A·log π: the weight is clipped, every 
 dual_clip   token      PPO with the loss of A < 0 tokens bounded by −c·A
 clip_cov    token      PPO; a few high-covariance tokens lose their gradient (Clip-Cov)
 kl_cov      token      −ρA; the top high-covariance tokens get a |log π − log π_old| penalty
+sppo        sequence   (Σ_t Δ_t − A)²: the log-ratio regressed on its target (SPPO)
 ==========  =========  ==========================================================
 
 Δ_t = log π_θ(y_t) − log π_old(y_t). ``ratio`` and ``clipped`` outputs are per token and not
@@ -385,3 +386,26 @@ def gspo_loss(x: PolicyLossInputs) -> PolicyLossOutput:
     loss = -torch.minimum(ratio * adv, clipped_ratio * adv) * live
     clipped = ((clipped_ratio * adv < ratio * adv) & (clipped_ratio != ratio) & live).detach()
     return _seq_output(x, loss, ratio.detach(), clipped, live)
+
+
+@register_policy_loss("sppo", importance="sequence", aggregations=_SEQ_AGG)
+def sppo_loss(x: PolicyLossInputs) -> PolicyLossOutput:
+    """SPPO's regression (Wu et al. 2024): L_i = (Σ_t Δ_t − A_i)², the sequence log-ratio
+    log π_θ(y_i)/π_t(y_i) over the masked tokens pulled towards its target A_i = η(P̂(y_i ≻ π_t) − ½),
+    given as the advantages (A_i is the masked token mean of the per-token advantages). No
+    clip; a sequence without masked tokens has loss 0. ``ratio`` is exp(Σ_t Δ_t) per sequence
+    (capped as elsewhere); metric ``sppo/log_ratio`` (mean over live sequences).
+
+    See docs/algorithms.md#sppo.
+    """
+    m = x.mask.to(x.logp.dtype)
+    n = m.new_zeros(x.num_seqs).index_add(0, x.seq, m)
+    log_ratio = (x.logp - x.old_logp).new_zeros(x.num_seqs).index_add(0, x.seq, (x.logp - x.old_logp) * m)
+    target, _ = _seq_mean(x.advantages.detach(), m, x.seq, x.num_seqs)
+    live = n > 0
+    loss = (log_ratio - target) ** 2 * live
+    ratio = torch.exp(log_ratio.detach().clamp(max=_MAX_LOG_RATIO))
+    out = _seq_output(x, loss, ratio, torch.zeros_like(live), live)
+    lr = log_ratio.detach()[live]
+    out.metrics = {"sppo/log_ratio": float(lr.mean()) if lr.numel() else 0.0}
+    return out
