@@ -57,7 +57,7 @@ from . import dpo
 from .common import LossOutput, dist_rank, dist_world, make_collate, save_model
 from .completions import CompletionLog
 from .loop import Recipe, Trainer, start_run
-from .rl import exact_logprobs
+from .rl import exact_engine
 
 
 @dataclasses.dataclass
@@ -103,9 +103,10 @@ def validate(cfg: OnlineDPOConfig) -> None:
     if cfg.train.max_steps:
         raise ConfigError(f"train.max_steps ({cfg.train.max_steps}) is not used by online DPO: `rounds` sets the "
                           "run's length and train.epochs the passes over each round's pairs; remove it")
-    if "plackett_luce" in dpo.loss_names(dpo_config(cfg)):
+    d = dpo_config(cfg)
+    if "plackett_luce" in dpo.loss_names(d):
         raise ConfigError("online DPO trains on pairs; loss_type plackett_luce ranks lists (use a pair loss)")
-    dpo.validate(dpo_config(cfg))  # the loss name (did-you-mean) and beta
+    dpo.validate(d)  # the loss name (did-you-mean) and beta
 
 
 OnlineDPOConfig.validate = validate
@@ -241,12 +242,7 @@ class OnlineDPO:
     def evaluate(self, model, evals: list[Example]) -> dict:
         """Held-out prompts: the labeller's mean reward of greedy responses and of ``eval_samples``
         sampled ones, decoded from the policy's exact weights."""
-        policy = _plain(model)
-        engine = self.engine
-        if not exact_logprobs(engine):  # a bf16/int8 or vLLM sampling copy: decode from the exact weights
-            name = "cpu" if next(policy.parameters()).device.type == "cpu" else "hf"
-            engine = make_engine(name, policy, self.tok, batch_size=self.cfg.rollout.batch_size,
-                                 runtime=dataclasses.replace(self.cfg.runtime, sampler_dtype="fp32"))
+        engine = exact_engine(self.engine, _plain(model), self.tok, self.cfg.rollout, self.cfg.runtime)
         greedy = dataclasses.replace(self.sampling, temperature=0.0, n=1)
         res = {"greedy/reward": _mean(score(self.rewards, rollout(engine, evals, greedy), self.log).total)}
         if self.cfg.eval_samples > 0:

@@ -341,12 +341,7 @@ class OnlineRL:
         """Held-out prompts, greedy and sampled, from the policy's exact weights (an engine with a
         bf16/int8 or vLLM copy is replaced by the in-process decode loop for evaluation)."""
         res: dict = {}
-        engine = self.engine
-        if not exact_logprobs(engine):
-            policy = policy_of(model)
-            name = "cpu" if next(policy.parameters()).device.type == "cpu" else "hf"
-            engine = make_engine(name, policy, self.tok, batch_size=self.cfg.rollout.batch_size,
-                                 runtime=dataclasses.replace(self.cfg.runtime, sampler_dtype="fp32"))
+        engine = exact_engine(self.engine, policy_of(model), self.tok, self.cfg.rollout, self.cfg.runtime)
         greedy = dataclasses.replace(self.sampling, temperature=0.0, n=1)
         traj, sc = self.generate_scored(evals, greedy, engine=engine)
         res["greedy/reward"] = sum(sc.total) / len(sc.total)
@@ -381,6 +376,16 @@ class OnlineRL:
             total += float((lp - rp).sum())
             n += b.num_sequences
         return total / max(n, 1)
+
+
+def exact_engine(engine, policy, tokenizer, rollout_cfg, runtime):
+    """``engine``, or, when it samples from a cheaper copy (bf16/int8, vLLM), an in-process engine
+    on ``policy``'s exact weights: evaluation never decodes from the copy."""
+    if exact_logprobs(engine):
+        return engine
+    name = "cpu" if next(policy.parameters()).device.type == "cpu" else "hf"
+    return make_engine(name, policy, tokenizer, batch_size=rollout_cfg.batch_size,
+                       runtime=dataclasses.replace(runtime, sampler_dtype="fp32"))
 
 
 def exact_logprobs(engine) -> bool:
