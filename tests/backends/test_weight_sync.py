@@ -103,3 +103,19 @@ def test_engines_on_the_live_module_follow_the_new_weights_at_once(tok, prompts,
     optimizer_step(lm)
     ro = engine.generate(prompts, SP, generator=seeded())  # no update_weights needed
     assert mean_drift(lm, tok, prompts, ro) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_evaluation_decodes_from_the_exact_weights(tok, prompts, dtype):
+    """A bf16 sampling copy is replaced for evaluation by an engine on the exact fp32 weights,
+    whose greedy tokens equal a plain fp32 engine's; an exact engine is kept as it is."""
+    from rlhfkit.rl.config import RolloutConfig
+    from rlhfkit.train.rl import exact_engine
+
+    lm = tiny_model(tok, seed=5).eval()
+    engine = make_engine("cpu", lm, tok, runtime=RuntimeOptions(sampler_dtype=dtype))
+    got = exact_engine(engine, lm, tok, RolloutConfig(), RuntimeOptions(sampler_dtype=dtype))
+    assert (got is engine) == (dtype == "fp32") and got.runtime.sampler_dtype == "fp32"
+    greedy = SamplingParams(max_new_tokens=10, temperature=0.0)
+    want = make_engine("cpu", lm, tok, runtime=RuntimeOptions()).generate(prompts, greedy)
+    assert got.generate(prompts, greedy).completion_ids == want.completion_ids
