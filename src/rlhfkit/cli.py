@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(default 0.6; 0 = off)")
     sub.add_parser("configs", add_help=False, help="the recipes shipped with rlhfkit: list | show NAME | "
                    "path NAME (run one with --config NAME)")
+    sub.add_parser("studio", add_help=False, help="human feedback: a labelling web app (pairwise, ranking, "
+                   "thumbs, rating) whose labels export in the trainers' formats: studio serve | user | "
+                   "project | export")
     args, rest = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
@@ -182,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             from .plot import plot_run
             plot_run(args.run_dir, args.out, smooth=args.smooth)
             return 0
+        if args.command == "studio":
+            from .studio.cli import run as studio_run
+            return studio_run(rest)
         if args.command == "configs":
             from .shipped import main as configs_main
             return configs_main(rest)

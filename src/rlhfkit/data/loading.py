@@ -194,16 +194,24 @@ def _memory_rows(handle: str) -> list:
     return json.loads(json.dumps(_MEMORY[handle]))  # a fresh copy: later steps rename fields in place
 
 
-def load_rows(path: str, *, split: str = "train", rows: str | None = None) -> RawRows:
-    """Read rows from a local file, a hub dataset name (``org/name``) or a registered in-memory
+def load_rows(path: str, *, split: str = "train", rows: str | None = None, prefer: tuple[str, ...] = ()) -> RawRows:
+    """Read rows from a local file, a hub dataset name (``org/name``), a registered in-memory
     dataset (``memory:<sha256>``, see :func:`register_rows`; a Dataset or a list of dicts given
-    here directly is registered first).
+    here directly is registered first) or a labelling project (``studio://[DIR::]PROJECT``, see
+    :mod:`rlhfkit.studio.export`; ``prefer`` names the data kinds the caller reads, which picks
+    the export format when the path names none).
 
     ``rows`` selects a contiguous range (``"0:2000"``) in file order; row numbers in error
     messages stay those of the file.
     """
     if is_in_memory(path):
         path = register_rows(path)
+    if str(path).startswith("studio://"):
+        from ..studio.export import studio_rows
+
+        raw = studio_rows(str(path), prefer)
+        sel = parse_row_range(rows, len(raw))
+        return RawRows(source=str(path), rows=[raw[i] for i in sel], index=list(sel))
     if str(path).startswith(MEMORY_PREFIX):
         raw = _memory_rows(str(path))
         sel = parse_row_range(rows, len(raw))

@@ -29,7 +29,7 @@ def rename_columns(raw: RawRows, spec: str) -> RawRows:
 
 
 def load_records(path: str, rows: str, cfg: DataConfig, expected: tuple[str, ...], log=None) -> list[dict]:
-    raw = rename_columns(load_rows(path, split=cfg.split, rows=rows or None), cfg.columns)
+    raw = rename_columns(load_rows(path, split=cfg.split, rows=rows or None, prefer=expected), cfg.columns)
     return normalize_rows(raw, expected=expected, skip_invalid=cfg.skip_invalid, log=log)
 
 
