@@ -1,6 +1,6 @@
 """Items for a studio project from the files people already have.
 
-Every reader returns records ``{"prompt", "responses", "meta"}``: ``prompt`` a string or a list
+Every reader returns records ``{"prompt", "responses", "meta", "row"}`` (``row``: the source row): ``prompt`` a string or a list
 of messages, ``responses`` a list of completions in the same style (strings, or lists of
 assistant messages when the prompt is conversational), so an export writes them back unchanged.
 
@@ -113,15 +113,16 @@ def read_items(path: str, fmt: str = "auto", rows: str | None = None) -> list[di
     if fmt == "auto":
         fmt = detect_format(raw.rows[0])
     if fmt in ("labelstudio", "argilla"):
-        return [_foreign_row(raw.source, i, row, fmt) for i, row in zip(raw.index, raw.rows)]
+        return [{**_foreign_row(raw.source, i, row, fmt), "row": i} for i, row in zip(raw.index, raw.rows)]
     kind = detect_kind(raw.rows[0], raw.source, raw.index[0])
-    return [_trainer_record(kind, normalize_row(kind, raw.source, i, row)) for i, row in zip(raw.index, raw.rows)]
+    return [{**_trainer_record(kind, normalize_row(kind, raw.source, i, row)), "row": i}
+            for i, row in zip(raw.index, raw.rows)]
 
 
 def check_for_kind(records: list[dict], kind: str, source: str) -> None:
     """Every record has the responses the task kind needs."""
-    for i, rec in enumerate(records):
-        n = len(rec["responses"])
+    for j, rec in enumerate(records):
+        i, n = rec.get("row", j), len(rec["responses"])
         need = {"pairwise": (2, 2), "ranking": (2, 64), "thumbs": (1, 64), "rating": (1, 64)}[kind]
         if not need[0] <= n <= need[1]:
             want = "exactly 2" if kind == "pairwise" else f"{need[0]} to {need[1]}"
