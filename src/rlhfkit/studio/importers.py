@@ -146,12 +146,16 @@ def sample_responses(records: list[dict], models: list[str], k: int, *, max_new_
 
     if k < 1 or not models:
         raise DataError("sampling needs at least one model and num_responses >= 1")
-    slots = {m: [j for j in range(k) if j % len(models) == mi] for mi, m in enumerate(models)}
     out = [{**r, "responses": [None] * k, "meta": {**r.get("meta", {}), "models": [None] * k}} for r in records]
-    for name, mine in slots.items():
+    loaded: dict = {}
+    for mi, name in enumerate(models):
+        mine = [j for j in range(k) if j % len(models) == mi]  # this model's response slots
         if not mine:
             continue
-        model, tok = load_model(ModelConfig(name=name))
+        if name not in loaded:
+            loaded.clear()  # one model in memory at a time
+            loaded[name] = load_model(ModelConfig(name=name))
+        model, tok = loaded[name]
         model.eval()
         exs = tokenize_records([{"kind": "prompt_only", "row": i, "prompt": r["prompt"]} for i, r in enumerate(records)],
                                tok, DataConfig(max_length=1024), source="prompts", log=log)
@@ -159,7 +163,7 @@ def sample_responses(records: list[dict], models: list[str], k: int, *, max_new_
             ro = HFBackend(model, tok, 64).generate(
                 [e.prompt for e in exs], SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
                                                         n=len(mine)),
-                generator=torch.Generator().manual_seed(seed))
+                generator=torch.Generator().manual_seed(seed + mi))
         for e_i, e in enumerate(exs):
             rec = out[e.row]
             for slot, text in zip(mine, ro.texts[e_i * len(mine):(e_i + 1) * len(mine)]):
