@@ -328,6 +328,23 @@ def _item_out(row, project: dict, user_id: int) -> dict:
             "responses": [responses[j] for j in order]}
 
 
+def _retry_race(fn):
+    """Run a write again when a concurrent one won a unique-key race (the same annotator's two
+    requests at once on a database without SQLite's write lock): the second run sees the first's row."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for attempt in range(3):
+            try:
+                return fn(*args, **kwargs)
+            except sa.exc.IntegrityError:
+                if attempt == 2:
+                    raise
+    return wrapper
+
+
+@_retry_race
 def next_item(engine, project: str, user: dict) -> dict:
     """The annotator's next item: one served before and not labelled yet (resume), else the first
     item this annotator has not seen whose labels plus open leases are fewer than ``overlap``.
@@ -425,6 +442,7 @@ class Conflict(StudioError):
     """The annotator already labelled this item differently (undo first)."""
 
 
+@_retry_race
 def add_label(engine, project: dict, item_id: int, user: dict, body: dict, *, skipped: bool = False) -> tuple[dict, bool]:
     """Store one label (or a skip); returns ``(label, created)``. Posting the same label again
     (same ``idempotency_key``, or no key and the same value) returns the stored one with

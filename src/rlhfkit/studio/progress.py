@@ -5,57 +5,49 @@ unavailable with the reason)."""
 from __future__ import annotations
 
 import collections
+import importlib
 import json
 import statistics
 
 from .db import project_labels
 
 
-def label_category(kind: str, value: dict) -> str:
-    """One nominal category per label, for agreement: pairwise ``A wins`` is the stored index of
-    the winner (``"0"``/``"1"``), ``tie``, ``both_bad``; other kinds the whole answer as JSON."""
+def label_category(kind: str, value: dict):
+    """One category per label, for agreement: pairwise: the stored index of the winner (0/1),
+    ``"tie"`` or ``"both_bad"``; a single rated / thumbed response: the rating / the bool; other
+    labels: the whole answer as JSON (exact match)."""
     if kind == "pairwise":
-        return str(value["winner"]) if value["outcome"] == "win" else value["outcome"]
+        return value["winner"] if value["outcome"] == "win" else value["outcome"]
+    if kind == "rating" and len(value["ratings"]) == 1:
+        return value["ratings"][0]
+    if kind == "thumbs" and len(value["thumbs"]) == 1:
+        return value["thumbs"][0]
     return json.dumps(value, sort_keys=True)
 
 
 def agreement_report(kind: str, items: list[dict], labels: list[dict]) -> dict:
-    """Cohen's kappa (exactly two annotators), Fleiss' kappa and Krippendorff's alpha (nominal)
-    and the position-bias rate (pairwise), from the agreement module."""
+    """Agreement of a project's labels through :mod:`rlhfkit.studio.agreement`
+    (``agreement_report``: Cohen's, Fleiss' kappa, Krippendorff's alpha, per-annotator agreement
+    with the majority and gold, flagged annotators) and, for pairwise tasks, ``position_bias``
+    (how often the response shown first wins). ``{"available": False, "reason"}`` when the
+    module is missing or the statistics fail on these labels."""
     try:
-        from . import agreement as ag
+        ag = importlib.import_module("rlhfkit.studio.agreement")
     except ImportError as e:
         return {"available": False, "reason": f"agreement statistics are not installed ({e})"}
-    annotators = sorted({lab["user"] for lab in labels if not lab["skipped"]})
-    cat = collections.defaultdict(dict)  # item -> annotator -> category
-    for lab in labels:
-        if not lab["skipped"]:
-            cat[lab["item_id"]][lab["user"]] = label_category(kind, lab["value"])
-    out: dict = {"available": True, "annotators": annotators}
-
-    def attempt(name, fn):
-        try:
-            v = fn()
-            out[name] = None if v is None else (float(v) if isinstance(v, (int, float)) else v)
-        except Exception as e:  # a statistic undefined on these labels (too few, one category)
-            out[name] = None
-            out.setdefault("notes", {})[name] = f"{type(e).__name__}: {e}"
-
-    if len(annotators) == 2:
-        a, b = annotators
-        both = [i for i, d in cat.items() if a in d and b in d]
-        attempt("cohen_kappa", lambda: ag.cohen_kappa([cat[i][a] for i in both], [cat[i][b] for i in both]))
-    # reliability data: one row per annotator, one column per item, None where not labelled
-    matrix = [[cat[i].get(u) for i in sorted(cat)] for u in annotators]
-    multi = [list(d.values()) for d in cat.values() if len(d) >= 2]
-    if hasattr(ag, "fleiss_kappa"):
-        attempt("fleiss_kappa", lambda: ag.fleiss_kappa(multi))
-    if hasattr(ag, "krippendorff_alpha"):
-        attempt("krippendorff_alpha", lambda: ag.krippendorff_alpha(matrix))
-    if kind == "pairwise" and hasattr(ag, "position_bias"):
-        shown_first = [lab["value"]["position"] for lab in labels
-                       if not lab["skipped"] and lab["value"]["outcome"] == "win"]
-        attempt("position_bias", lambda: ag.position_bias(shown_first))
+    kept = [lab for lab in labels if not lab["skipped"]]
+    triples = [(lab["item_id"], lab["user"], label_category(kind, lab["value"])) for lab in kept]
+    gold = {it["id"]: label_category(kind, it["gold"]) for it in items if it.get("gold") is not None}
+    ordinal = kind == "rating" and all(len(it["responses"]) == 1 for it in items)
+    try:
+        out = {"available": True, **ag.agreement_report(triples, gold=gold or None,
+                                                         level="ordinal" if ordinal else "nominal")}
+        if kind == "pairwise":
+            out["position_bias"] = ag.position_bias(
+                [{"chosen_position": None if lab["value"]["position"] is None else "AB".index(lab["value"]["position"])}
+                 for lab in kept])
+    except Exception as e:  # noqa: BLE001 - the page shows why instead of failing
+        return {"available": False, "reason": f"{type(e).__name__}: {e}"}
     return out
 
 

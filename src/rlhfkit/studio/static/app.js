@@ -313,11 +313,25 @@ async function adminPage() {
       const ag = $("agreement").tBodies[0];
       ag.replaceChildren();
       const add = (k, v) => { const tr = el("tr"); tr.append(el("th", k), el("td", v)); ag.append(tr); };
-      if (!r.agreement.available) add("agreement", "unavailable: " + r.agreement.reason);
+      const a = r.agreement;
+      if (!a.available) add("agreement", "unavailable: " + a.reason);
       else {
-        for (const k of ["cohen_kappa", "fleiss_kappa", "krippendorff_alpha", "position_bias"]) {
-          if (k in r.agreement) add(k, fmt(r.agreement[k]));
+        for (const k of ["cohen_kappa", "fleiss_kappa", "krippendorff_alpha"]) {
+          if (k in a) add(k.replace("_", " "), fmt(a[k]));
         }
+        const pb = a.position_bias;
+        if (pb) {
+          add("position bias (share of wins for the response shown first)", pb.first_rate === null ? "n/a" :
+            `${fmt(pb.first_rate)} (95% CI ${fmt(pb.ci95[0])}-${fmt(pb.ci95[1])}, ${pb.decided} decided, p ${fmt(pb.p_value)})`);
+        }
+        if (a.per_annotator) {
+          for (const [name, s] of Object.entries(a.per_annotator)) {
+            add(`${name}: agreement with the others' majority`, `${fmt(s.majority_agreement)} on ${s.majority_items} items` +
+              (s.gold_items ? `; with gold ${fmt(s.gold_agreement)} on ${s.gold_items}` : ""));
+          }
+        }
+        if (a.flagged) add(`flagged (below ${a.threshold})`, a.flagged.length ? a.flagged.join(", ") : "none");
+        if (a.note) add("note", a.note);
       }
     } catch (e) { showError(e); }
   }
