@@ -101,6 +101,7 @@ def test_sigkill_mid_labelling_then_restart_loses_and_duplicates_nothing(tmp_pat
                     return  # the server is gone
 
     proc, url = start_subprocess_server(directory)
+    assert url.startswith("http://127.0.0.1:")  # loopback unless --host says otherwise
     try:
         threads = [threading.Thread(target=annotate, args=(n, url)) for n in ("a", "b")]
         for t in threads:

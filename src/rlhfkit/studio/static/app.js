@@ -91,7 +91,7 @@ async function labelPage() {
   const project = new URLSearchParams(window.location.search).get("project");
   if (!project) { showError("no project given (open a project from the start page)"); return; }
   const base = "/api/projects/" + encodeURIComponent(project);
-  let info, me, item = null, answer = null, selected = 0, strength = null, idem = null, busy = false;
+  let info, me, item = null, answer = null, visual = [], selected = 0, strength = null, idem = null, busy = false;
   try {
     me = await api("GET", "/api/me");
     info = await api("GET", base);
@@ -122,6 +122,7 @@ async function labelPage() {
     $("finished").hidden = !!item;
     if (!item) return;
     answer = freshAnswer(item.responses.length);
+    visual = item.responses.map((_, i) => i);  // the order the cards are shown in (ranking: after drags)
     selected = 0; strength = null;
     idem = `${item.id}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
     $("rationale").value = "";
@@ -135,8 +136,8 @@ async function labelPage() {
   function render() {
     const box = $("responses");
     box.replaceChildren();
-    const order = info.kind === "ranking" ? rankingOrder() : item.responses.map((_, i) => i);
-    for (const i of order) {
+    box.className = info.kind === "ranking" ? "column" : "";
+    for (const i of visual) {
       const card = el("div", null, "response" + (i === selected && info.kind !== "pairwise" ? " selected" : ""));
       card.dataset.index = i;
       card.append(el("h3", `Response ${letter(i)}`));
@@ -197,22 +198,26 @@ async function labelPage() {
     c.append(row);
   }
 
-  function rankingOrder() {
-    return item.responses.map((_, i) => i).sort((a, b) => answer[a] - answer[b] || a - b);
-  }
-
+  // dragging a card onto another puts it in that place; ranks become the card positions
   function dropOn(from, to) {
     if (from === to) return;
-    const order = rankingOrder().filter((i) => i !== from);
-    order.splice(order.indexOf(to), 0, from);
-    order.forEach((i, pos) => { answer[i] = pos + 1; });
+    const at = visual.indexOf(to);
+    visual = visual.filter((i) => i !== from);
+    visual.splice(at, 0, from);
+    visual.forEach((i, pos) => { answer[i] = pos + 1; });
     selected = from;
     render();
   }
 
+  function step(delta) {
+    const at = visual.indexOf(selected) + delta;
+    selected = visual[Math.max(0, Math.min(visual.length - 1, at))];
+  }
+
   function setThumb(i, v) {
     answer[i] = v;
-    selected = Math.min(i + 1, item.responses.length - 1);
+    selected = i;
+    step(1);
     render();
   }
 
@@ -262,8 +267,8 @@ async function labelPage() {
       if (choice) { ev.preventDefault(); submit({ choice }); }
       return;
     }
-    if (k === "j" || k === "ArrowRight") { selected = Math.min(selected + 1, n - 1); render(); ev.preventDefault(); return; }
-    if (k === "k" || k === "ArrowLeft") { selected = Math.max(selected - 1, 0); render(); ev.preventDefault(); return; }
+    if (k === "j" || k === "ArrowRight") { step(1); render(); ev.preventDefault(); return; }
+    if (k === "k" || k === "ArrowLeft") { step(-1); render(); ev.preventDefault(); return; }
     if (k === "Enter") { ev.preventDefault(); submitCurrent(); return; }
     if (info.kind === "thumbs") {
       if (k === "ArrowUp" || k === "+") { ev.preventDefault(); setThumb(selected, true); }
@@ -274,7 +279,7 @@ async function labelPage() {
     if (/^[1-9]$/.test(k) && ((info.kind === "ranking" && v <= n) || (info.kind === "rating" && v <= 7))) {
       ev.preventDefault();
       answer[selected] = v;
-      selected = Math.min(selected + 1, n - 1);
+      step(1);
       render();
     }
   });
