@@ -665,3 +665,12 @@ def test_detect_kind_error_names_first_selected_row():
     with pytest.raises(DataError) as ei:
         normalize_rows(raw_of([{"foo": 1}], source="d.jsonl", index=[5]))
     assert "row 5" in str(ei.value)
+
+
+def test_preference_margin_column_is_validated_and_kept():
+    row = {"prompt": "q", "chosen": "a", "rejected": "b", "margin": 2}
+    assert normalize_row("preference", "f.jsonl", 3, row)["margin"] == 2.0
+    assert "margin" not in normalize_row("preference", "f.jsonl", 3, dict(row, margin=None))
+    for bad in ("2", True, float("nan"), float("inf"), [1]):
+        with pytest.raises(DataError, match=r"f.jsonl, row 3, field 'margin': expected a finite number"):
+            normalize_row("preference", "f.jsonl", 3, dict(row, margin=bad))

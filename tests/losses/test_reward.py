@@ -286,6 +286,32 @@ def test_listwise_loss_padded_batch_with_margin_and_grads():
     assert rewards.grad[1, 2] == 0 and rewards.grad[1, 3] == 0
 
 
+def test_listwise_per_list_margin_applies_to_each_of_its_pairs():
+    rewards_np = np.array([[0.3, 1.2, -0.5],
+                           [1.0, -1.0, 4.0]])
+    scores = torch.tensor([[2.0, 3.0, 1.0],
+                           [1.0, 0.0, 1.0]])          # list 1: a tie between 0 and 2 gives no pair
+    margins = np.array([0.5, 2.0])
+    rewards = torch.tensor(rewards_np, requires_grad=True)
+    loss, _ = listwise_bt_loss(rewards, scores, None, torch.tensor(margins))
+    # ordered pairs by hand: list 0: (1,0) (1,2) (0,2); list 1: (0,1) (2,1)
+    pairs = [(0, 1, 0), (0, 1, 2), (0, 0, 2), (1, 0, 1), (1, 2, 1)]
+    exp_losses, exp_grad = [], np.zeros_like(rewards_np)
+    for e, i, j in pairs:
+        x = rewards_np[e, i] - rewards_np[e, j] - margins[e]
+        exp_losses.append(np.logaddexp(0.0, -x))
+        exp_grad[e, i] += -(1 - np_sigmoid(x))
+        exp_grad[e, j] += 1 - np_sigmoid(x)
+    _multiset_close(loss.detach().numpy(), exp_losses)
+    loss.sum().backward()
+    np.testing.assert_allclose(rewards.grad.numpy(), exp_grad, rtol=1e-12, atol=1e-14)
+    # margins of zero are the plain loss; a list whose pairs are all ties contributes nothing
+    plain, _ = listwise_bt_loss(rewards.detach(), scores, None, torch.zeros(2, dtype=torch.float64))
+    _multiset_close(plain.numpy(), listwise_bt_loss(rewards.detach(), scores)[0].numpy())
+    none, m = listwise_bt_loss(rewards.detach(), torch.ones(2, 3), None, torch.tensor(margins))
+    assert none.numel() == 0 and all(math.isfinite(v) for v in m.values())
+
+
 def test_listwise_pair_equals_bt():
     rewards = torch.tensor([[2.0, 1.0], [0.5, 0.5], [-1.0, 3.0]], dtype=torch.float64)
     scores = torch.tensor([[1.0, 0.0]] * 3)

@@ -1,6 +1,7 @@
 """End-to-end SFT / reward-model runs on a tiny random model with the real tokenizer."""
 
 import json
+import math
 import os
 
 import pytest
@@ -130,6 +131,20 @@ def test_rm_learns_train_pairs_and_scores(tiny_dir, data, tmp_path):
     raw = rm.score(p, ["2 + 3 = 5. The answer is 5.", "2 + 3 = 9. The answer is 9."])
     norm = rm.score(p, ["2 + 3 = 5. The answer is 5.", "2 + 3 = 9. The answer is 9."], normalize=True)
     assert norm == pytest.approx([(v - rm.mean) / rm.std for v in raw])
+
+
+def test_rm_reads_a_per_pair_margin_column(tiny_dir, data, tmp_path):
+    """One pair per batch: loss = -log sigmoid(d - m - m_row) with d = r_w - r_l (the step's margin
+    metric), m the config margin, m_row the row's margin column."""
+    rows = [json.loads(x) for x in open(data["pairs"])][:4]
+    with_col = write_jsonl(tmp_path / "m.jsonl", [dict(r, margin=1.5) for r in rows])
+    for path, m_row in ((data["pairs"], 0.0), (with_col, 1.5)):
+        cfg = rm_cfg(tiny_dir, dict(data, pairs=path), tmp_path / f"run{m_row}", batch_size=1, max_steps=1)
+        cfg.margin = 0.25
+        torch.manual_seed(0)
+        first = reward.build(cfg, log=quiet)._train_step(0)
+        d = first["train/margin"]
+        assert first["train/loss"] == pytest.approx(math.log1p(math.exp(-(d - 0.25 - m_row))), rel=1e-5)
 
 
 def test_rm_listwise_counts_all_pairs(tiny_dir, tmp_path, tok):

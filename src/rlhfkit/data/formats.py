@@ -8,7 +8,8 @@ kind               fields
 =================  =========================================================
 language_modeling  ``text`` | ``messages``
 prompt_completion  ``prompt`` + ``completion``
-preference         [``prompt``] + ``chosen`` + ``rejected`` (prompt may be implicit)
+preference         [``prompt``] + ``chosen`` + ``rejected`` (prompt may be implicit),
+                   optionally ``margin`` (a finite number, read by the reward model)
 unpaired           ``prompt`` + ``completion`` + ``label`` (bool: thumbs up/down),
                    optionally ``reward`` (a real-valued score, read by DRO)
 listwise           ``prompt`` + ``completions`` + ``ranks`` (1 = best) | ``scores``
@@ -197,10 +198,10 @@ def _label(r: _Row) -> bool:
     r.fail(f"expected a boolean (true = desirable), got {v!r}", "label")
 
 
-def _reward(r: _Row) -> float:
-    v = r.get("reward")
+def _reward(r: _Row, field: str = "reward") -> float:
+    v = r.get(field)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        r.fail(f"expected a finite number, got {v!r}", "reward")
+        r.fail(f"expected a finite number, got {v!r}", field)
     return float(v)
 
 
@@ -278,6 +279,8 @@ def normalize_row(kind: str, source: str, row: int, data: dict) -> dict:
             r.completion("chosen", chosen)
             r.completion("rejected", rejected)
         rec.update(prompt=prompt, chosen=chosen, rejected=rejected)
+        if data.get("margin") is not None:  # the pair's required reward gap (reward model)
+            rec["margin"] = _reward(r, "margin")
     elif kind == "listwise":
         prompt = r.text_or_messages("prompt")
         comps = r.get("completions")

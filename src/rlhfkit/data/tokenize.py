@@ -211,6 +211,8 @@ class Renderer:
                                 row=row, field=name)
         if rec.get("reward") is not None:
             extra["reward"] = rec["reward"]
+        if rec.get("margin") is not None:
+            extra["margin"] = rec["margin"]
         return Example(row, prompt, ids, scores=rec.get("scores"), label=rec.get("label"),
                        extra=extra)
 

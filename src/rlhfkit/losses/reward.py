@@ -45,16 +45,19 @@ def ranked_pairs(scores: Tensor, valid: Tensor | None = None) -> tuple[Tensor, T
 
 
 def listwise_bt_loss(rewards: Tensor, scores: Tensor, valid: Tensor | None = None,
-                     margin: float = 0.0, center_coef: float = 0.0) -> tuple[Tensor, dict]:
+                     margin: Tensor | float = 0.0, center_coef: float = 0.0) -> tuple[Tensor, dict]:
     """InstructGPT K-ranked loss: Bradley-Terry on all C(K, 2) ordered pairs of each list.
 
     rewards: (E, K) model rewards, one forward per response; scores: (E, K) labels.
     Ties give no pair. Returns ``(loss per pair (P,), metrics)``; the caller averages over
     the pairs of the step (each list weighs by its number of pairs, as in InstructGPT's
-    1/C(K,2) per prompt when every list has K responses). ``center_coef`` adds the
-    centring term of :func:`bradley_terry_loss` to each pair.
+    1/C(K,2) per prompt when every list has K responses). ``margin``: a scalar, or (E,) one per
+    list, required of each of its pairs (a pair row's ``margin`` column). ``center_coef`` adds
+    the centring term of :func:`bradley_terry_loss` to each pair.
 
     See docs/algorithms.md#bradley-terry.
     """
     e, i, j = ranked_pairs(scores, valid)
+    if isinstance(margin, Tensor) and margin.dim() == 1:
+        margin = margin.to(rewards.device, rewards.dtype)[e]   # (P,): each pair its list's margin
     return bradley_terry_loss(rewards[e, i], rewards[e, j], margin, center_coef)

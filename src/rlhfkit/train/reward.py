@@ -33,7 +33,8 @@ class RMConfig:
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
         output_dir="runs/rm", lr=1e-5))
     margin: float = 0.0
-    """Required reward gap m in -log sigmoid(r_w - r_l - m)."""
+    """Required reward gap m in -log sigmoid(r_w - r_l - m); a pair row's ``margin`` column
+    (e.g. annotator strength from ``rlhfkit studio export``) is added to it for that pair."""
     center_rewards_coef: float = 0.0
     """Weight c of the centring term c·(r_w + r_l)^2 per pair that keeps rewards centred at zero
     without shrinking their margin (Eisenstein et al. 2023; 0 = off)."""
@@ -66,6 +67,14 @@ def num_pairs(batch) -> float:
     return float(ranked_pairs(scores, valid)[0].numel())
 
 
+def row_margins(batch, margin: float = 0.0) -> torch.Tensor | float:
+    """``margin`` plus each row's ``margin`` column, (E,); the scalar when no row has one."""
+    rows = [ex.extra.get("margin") for ex in batch.examples]
+    if all(m is None for m in rows):
+        return margin
+    return torch.tensor([margin + (m or 0.0) for m in rows])
+
+
 def rm_step(model, batch, margin: float = 0.0, center_coef: float = 0.0):
     """One micro-batch: (sum of pair losses, metrics)."""
     seq_r = sequence_scores(model, batch)                        # (S,)
@@ -73,7 +82,7 @@ def rm_step(model, batch, margin: float = 0.0, center_coef: float = 0.0):
     rewards = seq_r[idx.clamp(min=0)]                            # (E, K)
     scores, valid = label_matrix(batch)
     loss, metrics = listwise_bt_loss(rewards, scores.to(rewards.device), valid.to(rewards.device),
-                                     margin, center_coef)
+                                     row_margins(batch, margin), center_coef)
     return loss.sum(), metrics
 
 
