@@ -47,6 +47,9 @@ def test_missing_wrong_or_expired_token_is_401_and_writes_nothing(app):
         for method, path, body in calls(1) + ADMIN_CALLS + [("GET", "/api/me", None), ("GET", "/items/1?project=p", None)]:
             r = c.request(method, path, json=body, headers=headers)
             assert r.status_code == 401, (headers, path, r.text)
+    # a body that is not even JSON: still 401 (authentication comes first)
+    r = c.post("/api/projects/p/items/1/label", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 401
     assert writes(engine) == before
     assert c.post("/api/login", json={"token": expired}).status_code == 401
 
@@ -267,6 +270,13 @@ def test_admin_progress_and_api_projects(app):
     assert prog["annotators"]["ann2"]["labels"] == 3
     ag = prog["agreement"]
     assert ag["available"] in (True, False) and (ag["available"] or "reason" in ag)
+    exp = c.get("/api/admin/projects/p/export?format=unpaired", headers=auth(tokens["boss"])).json()
+    winners = {}
+    for lab in db.project_labels(engine, "p")[2]:
+        if not lab["skipped"]:
+            winners.setdefault(lab["item_id"], set()).add(lab["value"]["winner"])
+    agreed = sum(len(w) == 1 for w in winners.values())  # both chose the same stored response
+    assert exp["stats"]["rows"] == len(exp["rows"]) == 2 * agreed
     # the admin API creates users and projects (what an online labeller uses)
     r = c.post("/api/admin/users", json={"name": "newbie"}, headers=auth(tokens["boss"]))
     assert r.status_code == 201

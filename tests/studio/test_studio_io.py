@@ -318,4 +318,22 @@ def test_cli_users_projects_export(tmp_path, capsys):
         assert msg in err and err.count("\n") == 1, err
     assert main(["studio", "user", "list"]) == 2
     assert "--dir" in capsys.readouterr().err
+    # --db takes any SQLAlchemy URL; here the same SQLite file by URL
+    assert main(["studio", "user", "list", "--db", "sqlite:///" + os.path.join(d, "studio.db")]) == 0
+    assert capsys.readouterr().out.split() == ["amy", "admin", "bo", "annotator"]
     engine.dispose()
+
+
+def test_schema_and_queries_compile_for_postgresql():
+    """Nothing SQLite-only: the DDL and the item-serving queries compile for PostgreSQL."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import postgresql
+
+    ddl = []
+    mock = sa.create_mock_engine("postgresql://", lambda sql, *a, **k: ddl.append(str(sql.compile(dialect=mock.dialect))))
+    db.metadata.create_all(mock, checkfirst=False)
+    text = "\n".join(ddl)
+    assert text.count("CREATE TABLE") == 7 and "SERIAL" in text and "AUTOINCREMENT" not in text
+    for q in db.next_item_queries(1, 2, 3, 1000.0):
+        sql = str(q.compile(dialect=postgresql.dialect()))
+        assert "LIMIT" in sql and "NOT IN" in sql

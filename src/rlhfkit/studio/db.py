@@ -148,10 +148,16 @@ def make_engine(url: str):
 
         @sa.event.listens_for(engine, "begin")
         def _sqlite_begin(conn):
-            # take the write lock at the start: a deferred transaction that reads and then writes
-            # can fail at once (SQLITE_BUSY_SNAPSHOT) instead of waiting for the other writer
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # a write transaction takes the write lock at the start: a deferred one that reads and
+            # then writes can fail at once (SQLITE_BUSY_SNAPSHOT) instead of waiting for the other
+            # writer; read-only ones (see reading()) read a snapshot without the lock
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("studio_read") else "BEGIN IMMEDIATE")
     return engine
+
+
+def reading(engine):
+    """A connection for reads only (no write lock on SQLite)."""
+    return engine.connect().execution_options(studio_read=True)
 
 
 def current_version(conn) -> int:
@@ -221,7 +227,7 @@ def user_for_token(engine, token: str | None) -> dict | None:
     """The user a token belongs to, or None (unknown or expired token)."""
     if not token:
         return None
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         row = conn.execute(sa.select(users).where(users.c.token_hash == hash_token(token))).mappings().first()
     if row is None or (row["expires_at"] is not None and row["expires_at"] < time.time()):
         return None
@@ -229,7 +235,7 @@ def user_for_token(engine, token: str | None) -> dict | None:
 
 
 def list_users(engine) -> list[dict]:
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return [dict(r) for r in conn.execute(
             sa.select(users.c.id, users.c.name, users.c.is_admin, users.c.expires_at).order_by(users.c.id)).mappings()]
 
@@ -290,14 +296,14 @@ def _project(conn, name: str) -> dict:
 
 
 def get_project(engine, name: str) -> dict:
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return _project(conn, name)
 
 
 def is_assigned(engine, project_id: int, user: dict) -> bool:
     if user["is_admin"]:
         return True
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return conn.execute(sa.select(assignments).where(
             (assignments.c.project_id == project_id) & (assignments.c.user_id == user["id"]))).first() is not None
 
@@ -308,7 +314,7 @@ def list_projects(engine, user: dict | None = None) -> list[dict]:
                   sa.select(sa.func.count()).where(items.c.project_id == projects.c.id).scalar_subquery().label("items"))
     if user is not None and not user["is_admin"]:
         q = q.join(assignments, assignments.c.project_id == projects.c.id).where(assignments.c.user_id == user["id"])
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return [dict(r) for r in conn.execute(q.order_by(projects.c.id)).mappings()]
 
 
@@ -344,6 +350,28 @@ def _retry_race(fn):
     return wrapper
 
 
+def next_item_queries(project_id: int, user_id: int, overlap: int, now: float):
+    """(resume, fresh) SELECTs of :func:`next_item`: the first item served to the user and not
+    labelled yet; else the first item the user has not seen whose labels (skips excluded) plus
+    open leases of other annotators are fewer than ``overlap``."""
+    mine_labelled = sa.select(labels.c.item_id).where(labels.c.user_id == user_id)
+    resume = (sa.select(items).join(views, (views.c.item_id == items.c.id) & (views.c.user_id == user_id))
+              .where(items.c.project_id == project_id).where(items.c.id.not_in(mine_labelled))
+              .order_by(items.c.position).limit(1))
+    holders_labels = (sa.select(sa.func.count()).select_from(labels).where(
+        (labels.c.item_id == items.c.id) & (labels.c.skipped == sa.false())).scalar_subquery())
+    holders_views = (sa.select(sa.func.count()).select_from(views).where(
+        (views.c.item_id == items.c.id) & (views.c.shown_at > now - LEASE_SECONDS)
+        & ~sa.exists().where((labels.c.item_id == views.c.item_id) & (labels.c.user_id == views.c.user_id))
+    ).scalar_subquery())
+    seen = sa.select(views.c.item_id).where(views.c.user_id == user_id)
+    fresh = (sa.select(items).where(items.c.project_id == project_id)
+             .where(items.c.id.not_in(mine_labelled)).where(items.c.id.not_in(seen))
+             .where(holders_labels + holders_views < overlap)
+             .order_by(items.c.position).limit(1))
+    return resume, fresh
+
+
 @_retry_race
 def next_item(engine, project: str, user: dict) -> dict:
     """The annotator's next item: one served before and not labelled yet (resume), else the first
@@ -353,24 +381,10 @@ def next_item(engine, project: str, user: dict) -> dict:
     with engine.begin() as conn:
         p = _project(conn, project)
         uid = user["id"]
-        mine_labelled = sa.select(labels.c.item_id).where(labels.c.user_id == uid)
-        open_view = (sa.select(items).join(views, (views.c.item_id == items.c.id) & (views.c.user_id == uid))
-                     .where(items.c.project_id == p["id"]).where(items.c.id.not_in(mine_labelled))
-                     .order_by(items.c.position).limit(1))
-        row = conn.execute(open_view).mappings().first()
+        resume, fresh = next_item_queries(p["id"], uid, p["overlap"], now)
+        row = conn.execute(resume).mappings().first()
         if row is None:
-            holders_labels = (sa.select(sa.func.count()).where(
-                (labels.c.item_id == items.c.id) & (labels.c.skipped == sa.false())).scalar_subquery())
-            holders_views = (sa.select(sa.func.count()).select_from(views).where(
-                (views.c.item_id == items.c.id) & (views.c.shown_at > now - LEASE_SECONDS)
-                & ~sa.exists().where((labels.c.item_id == views.c.item_id) & (labels.c.user_id == views.c.user_id))
-            ).scalar_subquery())
-            seen = sa.select(views.c.item_id).where(views.c.user_id == uid)
-            q = (sa.select(items).where(items.c.project_id == p["id"])
-                 .where(items.c.id.not_in(mine_labelled)).where(items.c.id.not_in(seen))
-                 .where(holders_labels + holders_views < p["overlap"])
-                 .order_by(items.c.position).limit(1))
-            row = conn.execute(q).mappings().first()
+            row = conn.execute(fresh).mappings().first()
             if row is not None:
                 conn.execute(views.insert().values(item_id=row["id"], user_id=uid, shown_at=now))
         done = conn.execute(sa.select(sa.func.count()).select_from(labels).where(
@@ -381,7 +395,7 @@ def next_item(engine, project: str, user: dict) -> dict:
 
 
 def get_item(engine, project: dict, item_id: int, user: dict) -> dict:
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         row = conn.execute(sa.select(items).where(
             (items.c.id == item_id) & (items.c.project_id == project["id"]))).mappings().first()
     if row is None:
@@ -503,7 +517,7 @@ def undo_last(engine, project: dict, user: dict) -> int | None:
 
 def project_labels(engine, project: str) -> tuple[dict, list[dict], list[dict]]:
     """(project, items, labels with annotator names) of a project, for export and progress."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         p = _project(conn, project)
         its = [{"id": r["id"], "position": r["position"], "prompt": json.loads(r["prompt"]),
                 "responses": json.loads(r["responses"]), "meta": json.loads(r["meta"]),

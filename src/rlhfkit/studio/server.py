@@ -22,6 +22,7 @@ from . import db
 try:
     import uvicorn
     from fastapi import Body, Depends, FastAPI, HTTPException, Request
+    from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 except ImportError as e:  # pragma: no cover - the optional extra is missing
     raise RlhfkitError("rlhfkit studio needs its optional packages: pip install 'rlhfkit[studio]'") from e
@@ -41,6 +42,18 @@ def create_app(engine) -> FastAPI:
     """The application over an opened (migrated) engine."""
     app = FastAPI(title="rlhfkit studio", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
+
+    open_paths = ("/api/login", "/api/logout", "/api/health")
+
+    @app.middleware("http")
+    async def _authenticate_first(request: Request, call_next):
+        # 401 before anything else (a body is not even parsed) for every API call but sign-in
+        if request.url.path.startswith("/api/") and request.url.path not in open_paths:
+            u = await run_in_threadpool(db.user_for_token, engine, _token(request))
+            if u is None:
+                return JSONResponse({"detail": "missing, unknown or expired token"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
 
     @app.exception_handler(db.Conflict)
     def _conflict(_request, exc):
