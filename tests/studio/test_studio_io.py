@@ -337,3 +337,15 @@ def test_schema_and_queries_compile_for_postgresql():
     for q in db.next_item_queries(1, 2, 3, 1000.0):
         sql = str(q.compile(dialect=postgresql.dialect()))
         assert "LIMIT" in sql and "NOT IN" in sql
+
+
+def test_aggregation_cites_its_reference_entry():
+    import inspect
+    import pathlib
+    import re
+
+    from rlhfkit.studio.export import aggregate_item
+
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "algorithms.md").read_text()
+    assert re.findall(r"docs/algorithms\.md#([a-z0-9-]+)", inspect.getdoc(aggregate_item)) == ["label-aggregation"]
+    assert "\n### label-aggregation\n" in doc

@@ -52,8 +52,9 @@ def _vote_key(kind: str, value: dict) -> str:
 
 def aggregate_item(kind: str, item: dict, votes: list[dict], how: str) -> dict | None:
     """``{"scores", "verdicts", "margin", "agreement", "num_labels"}`` for one item (None when it
-    has no labels or ``unanimous`` fails). ``scores``: higher is better, one per response or None
-    (pairwise tie); ``verdicts``: True/False/None per response."""
+    has no labels or ``unanimous`` fails); see docs/algorithms.md#label-aggregation. ``scores``:
+    higher is better, one per response (all equal for a tie); ``verdicts``: True/False/None per
+    response."""
     if not votes:
         return None
     n = len(item["responses"])
