@@ -95,6 +95,9 @@ def main(argv: list[str]) -> int:
             from .server import serve
             if not 0 <= args.port <= 65535:
                 raise db.StudioError(f"--port must be in 0..65535 (got {args.port})")
+            if args.host not in ("127.0.0.1", "localhost", "::1"):
+                print(f"rlhfkit studio: serving on {args.host}, reachable from other machines; tokens travel in "
+                      "clear text unless a TLS proxy is in front", file=sys.stderr)
             serve(engine, args.host, args.port)
         elif args.cmd == "user" and args.ucmd == "add":
             if args.expires_days is not None and args.expires_days <= 0:
