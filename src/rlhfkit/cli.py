@@ -185,9 +185,6 @@ def main(argv: list[str] | None = None) -> int:
             from .plot import plot_run
             plot_run(args.run_dir, args.out, smooth=args.smooth)
             return 0
-        if args.command == "studio":
-            from .studio.cli import run as studio_run
-            return studio_run(rest)
         if args.command == "configs":
             from .shipped import main as configs_main
             return configs_main(rest)
@@ -197,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             from .report import write_report
             write_report(args.run_dir, args.out or None, smooth=args.smooth)
             return 0
+        if args.command == "studio":
+            from .studio.cli import run as studio_run
+            return studio_run(rest)
         mod_name, cls_name, doc = COMMANDS[args.command]
         module = importlib.import_module(mod_name)
         cls = getattr(module, cls_name)
