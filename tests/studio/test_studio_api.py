@@ -284,7 +284,9 @@ def test_admin_progress_and_api_projects(app):
     body = {"name": "q", "kind": "pairwise", "rows": pair_rows(3), "overlap": 1, "assign": ["newbie"]}
     assert c.post("/api/admin/projects", json=body, headers=auth(tokens["boss"])).status_code == 201
     assert c.get("/api/projects/q/next", headers=auth(new)).json()["item"]["position"] == 0
-    bad = dict(body, name="r", rows=[{"prompt": "x", "chosen": "a", "rejected": " "}])
+    bad = dict(body, name="r", filename="mine.jsonl", rows=pair_rows(1) + [{"prompt": "x", "chosen": "a", "rejected": " "}])
     r = c.post("/api/admin/projects", json=bad, headers=auth(tokens["boss"]))
-    assert r.status_code == 422 and "row 0" in r.json()["detail"] and "rejected" in r.json()["detail"]
+    assert r.status_code == 422 and r.json()["detail"] == "mine.jsonl, row 1, field 'rejected': empty completion"
+    r = c.post("/api/admin/projects", json=dict(bad, rows=[1, 2]), headers=auth(tokens["boss"]))
+    assert r.status_code == 422 and r.json()["detail"].startswith("mine.jsonl, row 0: row is a int")
     assert c.post("/api/admin/projects", json=body, headers=auth(tokens["boss"])).status_code == 422  # name taken

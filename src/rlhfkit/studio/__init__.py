@@ -43,13 +43,15 @@ GET      /api/admin/projects/{p}/export              admin: ``?format=pairs|list
                                                      min_agreement=&min_labels=`` -> ``{"rows","stats"}``
 POST     /api/admin/users                            admin: ``{"name","admin","expires_days"}`` ->
                                                      ``{"name","token"}`` (the token is shown once)
-POST     /api/admin/projects                         admin: ``{"name","kind","rows":[...],"format",
-                                                     "guidelines","overlap","assign":[...],"seed"}``
+POST     /api/admin/projects                         admin: ``{"name","kind","rows":[...],"filename",
+                                                     "format","guidelines","overlap","assign":[...],
+                                                     "seed"}``; rows validated as a file's (errors
+                                                     name ``filename``, row and field)
 POST     /api/admin/projects/{p}/assign              admin: ``{"users":[...]}``
 =======  ==========================================  ==============================================
 
 Pages: ``/`` (sign in with a token), ``/label?project=P`` (guidelines beside the item, keyboard
-shortcuts), ``/admin`` (progress and agreement), ``/items/{id}?project=P`` (a printable,
+shortcuts), ``/admin`` (progress and agreement; new projects from an uploaded file, new accounts), ``/items/{id}?project=P`` (a printable,
 server-escaped view of one item).
 
 Labels are stored in the items' stored response order (``value``) together with the order

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 
 from ..data.formats import _Row, detect_kind, normalize_row
-from ..data.loading import load_rows
+from ..data.loading import RawRows, load_rows
 from ..errors import DataError
 
 PROMPT_KEYS = ("prompt", "instruction", "text", "question", "input")
@@ -107,7 +107,17 @@ def read_items(path: str, fmt: str = "auto", rows: str | None = None) -> list[di
     """Records for a project from a file; a :class:`DataError` names file, row and field."""
     if fmt not in ("auto", "trainer", "labelstudio", "argilla"):
         raise DataError(f"import format must be auto, trainer, labelstudio or argilla (got {fmt!r})")
-    raw = load_rows(path, rows=rows)
+    return records_from_rows(load_rows(path, rows=rows), fmt)
+
+
+def records_from_rows(raw: RawRows, fmt: str = "auto") -> list[dict]:
+    """Records from rows already read (an upload: ``raw.source`` is the file's name)."""
+    if fmt not in ("auto", "trainer", "labelstudio", "argilla"):
+        raise DataError(f"import format must be auto, trainer, labelstudio or argilla (got {fmt!r})")
+    for i, row in zip(raw.index, raw.rows):
+        if not isinstance(row, dict):
+            raise DataError(f"row is a {type(row).__name__}, expected an object with named fields",
+                            source=raw.source, row=i)
     if not raw.rows:
         raise DataError("no rows", source=raw.source)
     if fmt == "auto":

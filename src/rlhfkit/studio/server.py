@@ -197,21 +197,28 @@ def create_app(engine) -> FastAPI:
 
     @app.post("/api/admin/projects")
     def create_project(body: dict = Body(...), u: dict = Depends(admin)):
-        from .importers import check_for_kind, read_items
+        from ..data.loading import RawRows
+        from .importers import check_for_kind, records_from_rows
         rows = body.get("rows")
         if not isinstance(rows, list) or not rows:
             raise DataError("field 'rows': expected a non-empty list of rows in a trainer, Label Studio or "
                             "Argilla format")
-        from ..data.loading import register_rows
-        records = read_items(register_rows(rows, "rows"), body.get("format", "auto"))
+        source = str(body.get("filename") or "rows")[:200]
+        records = records_from_rows(RawRows(source=source, rows=rows, index=list(range(len(rows)))),
+                                    body.get("format", "auto"))
         kind = body.get("kind", "pairwise")
         if kind not in db.KINDS:
             raise DataError(f"field 'kind': expected one of {', '.join(db.KINDS)} (got {kind!r})")
-        check_for_kind(records, kind, "rows")
-        overlap = body.get("overlap", 1)
+        check_for_kind(records, kind, source)
+        overlap, seed = body.get("overlap", 1), body.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise DataError(f"field 'seed': expected an integer (got {seed!r})")
+        assign = body.get("assign") or []
+        if isinstance(assign, str):
+            assign = [a.strip() for a in assign.split(",") if a.strip()]
         pid = db.create_project(engine, str(body.get("name", "")), kind, records,
                                 guidelines=str(body.get("guidelines", "")), overlap=overlap,
-                                assign=list(body.get("assign") or []), seed=int(body.get("seed", 0)), source="api")
+                                assign=list(assign), seed=seed, source=source)
         return JSONResponse({"id": pid, "name": body.get("name"), "items": len(records)}, status_code=201)
 
     @app.post("/api/admin/projects/{name}/assign")

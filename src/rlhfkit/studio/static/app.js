@@ -343,6 +343,54 @@ async function adminPage() {
   sel.addEventListener("change", refresh);
   await refresh();
   setInterval(refresh, 5000);
+
+  // rows of an uploaded .jsonl / .json file; a line that is not JSON is named
+  function parseRows(name, text) {
+    if (/\.jsonl$/i.test(name)) {
+      const rows = [];
+      text.split(/\r?\n/).forEach((line, i) => {
+        if (!line.trim()) return;
+        try { rows.push(JSON.parse(line)); } catch (e) { throw new Error(`${name}: bad JSON on line ${i + 1}`); }
+      });
+      return rows;
+    }
+    let obj;
+    try { obj = JSON.parse(text); } catch (e) { throw new Error(`${name}: bad JSON (${e.message})`); }
+    if (!Array.isArray(obj) && obj && typeof obj === "object") {
+      const lists = Object.values(obj).filter(Array.isArray);
+      if (lists.length === 1) obj = lists[0];
+    }
+    if (!Array.isArray(obj)) throw new Error(`${name}: a .json file must hold a list of rows`);
+    return obj;
+  }
+
+  $("new-project").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const status = $("np-status");
+    try {
+      showError(null);
+      const file = $("np-file").files[0];
+      const rows = parseRows(file.name, await file.text());
+      status.textContent = `uploading ${rows.length} rows...`;
+      const r = await api("POST", "/api/admin/projects", {
+        name: $("np-name").value.trim(), kind: $("np-kind").value, rows, filename: file.name,
+        guidelines: $("np-guidelines").value, overlap: Number($("np-overlap").value),
+        assign: $("np-assign").value });
+      status.textContent = `project ${r.name} created with ${r.items} items`;
+      const o = el("option", `${r.name} (${$("np-kind").value})`);
+      o.value = r.name;
+      sel.append(o);
+    } catch (e) { status.textContent = ""; showError(e); }
+  });
+
+  $("new-user").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      showError(null);
+      const r = await api("POST", "/api/admin/users", { name: $("nu-name").value.trim(), admin: $("nu-admin").checked });
+      $("nu-token").textContent = r.token;
+    } catch (e) { showError(e); }
+  });
 }
 
 const PAGES = { login: loginPage, label: labelPage, admin: adminPage };
