@@ -290,10 +290,11 @@ def test_cli_users_projects_export(tmp_path, capsys):
     g = tmp_path / "g.md"
     g.write_text("Pick the better answer.")
     assert main(["studio", "project", "create", "pp", "--kind", "pairwise", "--data", data, "--guidelines", str(g),
-                 "--overlap", "1", "--assign", "bo", "--dir", d]) == 0
-    assert "created with 3 items" in capsys.readouterr().out
+                 "--overlap", "1", "--assign", "bo", "--dir", d, "--gold_rows", "1:3"]) == 0
+    assert "created with 3 items (2 gold)" in capsys.readouterr().out
     engine = db.open_db(d)
     assert db.get_project(engine, "pp")["guidelines"] == "Pick the better answer."
+    assert [it["gold"] is not None for it in db.project_labels(engine, "pp")[1]] == [False, True, True]
     for pos in range(3):
         label_as(engine, "pp", "bo", bo, pos, {"winner": 0, "strength": 3})
     out_file = str(tmp_path / "out.jsonl")
@@ -312,6 +313,8 @@ def test_cli_users_projects_export(tmp_path, capsys):
                       (["project", "create", "x", "--kind", "pairwise", "--data", data, "--overlap", "0"],
                        "--overlap must be >= 1"),
                       (["export", "ghost", "--out", out_file], "no project named 'ghost'"),
+                      (["project", "create", "x", "--kind", "thumbs", "--data", data, "--gold_rows", "0:1"],
+                       "no known answer for a thumbs gold item"),
                       (["user", "add", "amy"], "already exists")]:
         assert main(["studio", *argv, "--dir", d]) == 2, argv
         err = capsys.readouterr().err

@@ -84,3 +84,55 @@ def test_cohen_kappa_of_the_labels_by_hand(labelled):
     assert ag["cohen_kappa"] == pytest.approx(0.5)
     first = sum(p == 0 for p in positions)
     assert ag["position_bias"]["first_rate"] == pytest.approx(first / 8)
+
+
+def gold_studio(tmp_path):
+    from rlhfkit.studio.importers import mark_gold
+
+    recs = [{"prompt": f"q{i}", "responses": [f"good{i}", f"bad{i}"], "meta": {"source": "preference", "chosen": 0},
+             "row": i} for i in range(4)]
+    assert mark_gold(recs, "pairwise", "0:2", "f.jsonl") == 2
+    engine, tok = studio(tmp_path, records=recs, annotators=("x", "y"), overlap=2)
+    # x agrees with gold on both gold items, y on one of them; item 2, 3 are ordinary
+    for who, ws in (("x", [0, 0, 1, 1]), ("y", [0, 1, 1, 1])):
+        for position, w in enumerate(ws):
+            label_stored_winner(engine, tok[who], position, w)
+    items = db.project_labels(engine, "p")[1]
+    return engine, {it["id"]: 0 for it in items if it["position"] < 2}
+
+
+def test_gold_answers_reach_the_agreement_statistics(tmp_path, monkeypatch):
+    engine, gold = gold_studio(tmp_path)
+    seen = {}
+    fake = types.ModuleType("rlhfkit.studio.agreement")
+    fake.agreement_report = lambda labels, gold=None, level="nominal": seen.update(gold=gold) or {}
+    fake.position_bias = lambda records: {}
+    monkeypatch.setitem(sys.modules, "rlhfkit.studio.agreement", fake)
+    project_progress(engine, "p")
+    assert seen["gold"] == gold
+    engine.dispose()
+
+
+def test_gold_agreement_by_hand(tmp_path):
+    pytest.importorskip("rlhfkit.studio.agreement")
+    engine, _ = gold_studio(tmp_path)
+    per = project_progress(engine, "p")["agreement"]["per_annotator"]
+    assert per["x"]["gold_items"] == 2 and per["x"]["gold_agreement"] == pytest.approx(1.0)
+    assert per["y"]["gold_items"] == 2 and per["y"]["gold_agreement"] == pytest.approx(0.5)
+    engine.dispose()
+
+
+def test_gold_from_ranked_lists_and_thumbs_rows_and_refusals():
+    from rlhfkit.errors import DataError
+    from rlhfkit.studio.importers import mark_gold
+
+    lists = [{"prompt": "q", "responses": ["a", "b", "c"], "meta": {"scores": [-2.0, -1.0, -2.0]}, "row": 0}]
+    mark_gold(lists, "ranking", "0:1", "l.jsonl")
+    assert lists[0]["gold"] == {"ranks": [2, 1, 2]}
+    thumbs = [{"prompt": "q", "responses": ["a"], "meta": {"source": "unpaired", "label": False}, "row": 5}]
+    mark_gold(thumbs, "thumbs", "5:6", "u.jsonl")
+    assert thumbs[0]["gold"] == {"thumbs": [False]}
+    with pytest.raises(DataError, match=r"u.jsonl, row 5: no known answer for a rating gold item"):
+        mark_gold(thumbs, "rating", "0:9", "u.jsonl")
+    with pytest.raises(DataError, match="select no item"):
+        mark_gold(thumbs, "thumbs", "0:2", "u.jsonl")

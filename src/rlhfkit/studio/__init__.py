@@ -45,7 +45,7 @@ POST     /api/admin/users                            admin: ``{"name","admin","e
                                                      ``{"name","token"}`` (the token is shown once)
 POST     /api/admin/projects                         admin: ``{"name","kind","rows":[...],"filename",
                                                      "format","guidelines","overlap","assign":[...],
-                                                     "seed"}``; rows validated as a file's (errors
+                                                     "seed","gold_rows"}``; rows validated as a file's (errors
                                                      name ``filename``, row and field)
 POST     /api/admin/projects/{p}/assign              admin: ``{"users":[...]}``
 =======  ==========================================  ==============================================

@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     pc.add_argument("--overlap", type=int, default=1, help="annotators per item (default 1)")
     pc.add_argument("--assign", default="", help="comma-separated annotator names")
     pc.add_argument("--seed", type=int, default=0, help="seed of the per-annotator response order")
+    pc.add_argument("--gold_rows", "--gold-rows", default="", help="rows 'start:stop' whose file judgement is known "
+                    "to be right: hidden gold items that annotators are scored against")
     pc.add_argument("--sample_models", "--sample-models", default="",
                     help="prompt-only data: comma-separated models to sample responses from")
     pc.add_argument("--num_responses", "--num-responses", type=int, default=2, help="responses per prompt to sample")
@@ -133,7 +135,7 @@ def main(argv: list[str]) -> int:
 
 def _create(engine, args) -> None:
     from . import db
-    from .importers import check_for_kind, read_items, sample_responses
+    from .importers import check_for_kind, mark_gold, read_items, sample_responses
 
     if args.overlap < 1:
         raise db.StudioError(f"--overlap must be >= 1 (got {args.overlap})")
@@ -151,9 +153,11 @@ def _create(engine, args) -> None:
         records = sample_responses(records, _csv(args.sample_models), args.num_responses,
                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     check_for_kind(records, args.kind, args.data)
+    gold = mark_gold(records, args.kind, args.gold_rows, args.data) if args.gold_rows else 0
     db.create_project(engine, args.name, args.kind, records, guidelines=guidelines, overlap=args.overlap,
                       assign=_csv(args.assign), seed=args.seed, source=args.data)
-    print(f"project '{args.name}' ({args.kind}) created with {len(records)} items, overlap {args.overlap}"
+    print(f"project '{args.name}' ({args.kind}) created with {len(records)} items"
+          + (f" ({gold} gold)" if gold else "") + f", overlap {args.overlap}"
           + (f", assigned to {', '.join(_csv(args.assign))}" if args.assign else ""))
 
 

@@ -129,6 +129,35 @@ def records_from_rows(raw: RawRows, fmt: str = "auto") -> list[dict]:
             for i, row in zip(raw.index, raw.rows)]
 
 
+def mark_gold(records: list[dict], kind: str, spec: str, source: str) -> int:
+    """Make the records of source rows ``spec`` ('start:stop') gold items: their known answer is
+    the file's own judgement (pairs: chosen wins; lists: the ranks; one thumbs row: its label).
+    Gold items are served like any other; the admin page scores annotators against them."""
+    from ..data.loading import parse_row_range
+
+    rows = set(parse_row_range(spec, max((r.get("row", i) for i, r in enumerate(records)), default=-1) + 1))
+    n = 0
+    for i, rec in enumerate(records):
+        row = rec.get("row", i)
+        if row not in rows:
+            continue
+        meta = rec.get("meta") or {}
+        if kind == "pairwise" and meta.get("source") == "preference":
+            rec["gold"] = {"outcome": "win", "winner": meta["chosen"], "position": None, "strength": None}
+        elif kind == "ranking" and meta.get("scores") is not None:
+            distinct = sorted(set(meta["scores"]), reverse=True)
+            rec["gold"] = {"ranks": [distinct.index(v) + 1 for v in meta["scores"]]}
+        elif kind == "thumbs" and meta.get("label") is not None and len(rec["responses"]) == 1:
+            rec["gold"] = {"thumbs": [bool(meta["label"])]}
+        else:
+            raise DataError(f"no known answer for a {kind} gold item (gold rows of a pairwise task need pairs, of "
+                            "a ranking task ranked lists, of a thumbs task labelled rows)", source=source, row=row)
+        n += 1
+    if not n:
+        raise DataError(f"gold rows '{spec}' select no item", source=source)
+    return n
+
+
 def check_for_kind(records: list[dict], kind: str, source: str) -> None:
     """Every record has the responses the task kind needs."""
     for j, rec in enumerate(records):

@@ -198,7 +198,7 @@ def create_app(engine) -> FastAPI:
     @app.post("/api/admin/projects")
     def create_project(body: dict = Body(...), u: dict = Depends(admin)):
         from ..data.loading import RawRows
-        from .importers import check_for_kind, records_from_rows
+        from .importers import check_for_kind, mark_gold, records_from_rows
         rows = body.get("rows")
         if not isinstance(rows, list) or not rows:
             raise DataError("field 'rows': expected a non-empty list of rows in a trainer, Label Studio or "
@@ -210,6 +210,8 @@ def create_app(engine) -> FastAPI:
         if kind not in db.KINDS:
             raise DataError(f"field 'kind': expected one of {', '.join(db.KINDS)} (got {kind!r})")
         check_for_kind(records, kind, source)
+        if body.get("gold_rows"):
+            mark_gold(records, kind, str(body["gold_rows"]), source)
         overlap, seed = body.get("overlap", 1), body.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise DataError(f"field 'seed': expected an integer (got {seed!r})")
