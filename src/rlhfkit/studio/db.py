@@ -459,8 +459,8 @@ class Conflict(StudioError):
 @_retry_race
 def add_label(engine, project: dict, item_id: int, user: dict, body: dict, *, skipped: bool = False) -> tuple[dict, bool]:
     """Store one label (or a skip); returns ``(label, created)``. Posting the same label again
-    (same ``idempotency_key``, or no key and the same value) returns the stored one with
-    ``created`` False; a different label for an item already labelled is a :class:`Conflict`."""
+    (the same ``idempotency_key``, or the same value) returns the stored one with ``created``
+    False; a different label for an item already labelled is a :class:`Conflict`."""
     rationale = body.get("rationale") or ""
     if not isinstance(rationale, str) or len(rationale) > 10000:
         raise StudioError("field 'rationale': expected text of at most 10000 characters")
@@ -478,7 +478,7 @@ def add_label(engine, project: dict, item_id: int, user: dict, body: dict, *, sk
         old = conn.execute(sa.select(labels).where(
             (labels.c.item_id == item_id) & (labels.c.user_id == user["id"]))).mappings().first()
         if old is not None:
-            same = (old["idem_key"] == key) if key is not None and old["idem_key"] is not None else (
+            same = (key is not None and old["idem_key"] == key) or (
                 bool(old["skipped"]) == skipped and old["value"] == (None if value is None else json.dumps(value)))
             if same:
                 return _label_out(old), False
