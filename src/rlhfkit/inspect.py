@@ -304,7 +304,7 @@ def inspect_rows(rows: Sequence[dict] | RawRows, *, source: str = "(rows)", kind
 
     # prompt diversity
     exact = len({json.dumps(r["prompt"], sort_keys=True) for r in live})
-    rep["prompts"] = {"distinct": exact, "distinct_normalized": len({normalize_text(p) for p in prompts}),
+    rep["prompts"] = {"rows": len(live), "distinct": exact, "distinct_normalized": len({normalize_text(p) for p in prompts}),
                       "distinct_1": distinct_n(prompts, 1), "distinct_2": distinct_n(prompts, 2),
                       "distinct_3": distinct_n(prompts, 3)}
     rep["agreement"] = agreement_report(annotations, gold=gold) if annotations is not None else None
@@ -344,8 +344,8 @@ def format_report(rep: dict) -> str:
     inv = rep["invalid"]
     row("invalid rows", f"{inv['rows']}" + (" (training stops at the first; data.skip_invalid skips them; "
                                               "left out below)" if inv["rows"] else ""))
-    for why, n in inv["reasons"].items():
-        row("", f"{n}x {why}")
+    for k, (why, n) in enumerate(inv["reasons"].items()):
+        row("  why" if k == 0 else "", f"{n}x {why}")
     if inv["examples"]:
         row("  first", inv["examples"][0])
     if "ties" in rep:
@@ -365,7 +365,7 @@ def format_report(rep: dict) -> str:
     row("exact duplicate rows", d["rows"])
     row(f"near-duplicate rows (J >= {nd['threshold']:g})", f"{nd['rows']} ({nd['pairs']} pairs)")
     p = rep["prompts"]
-    row("distinct prompts", f"{p['distinct']} ({p['distinct_normalized']} after normalising)")
+    row("distinct prompts", f"{p['distinct']} of {p['rows']} ({p['distinct_normalized']} after normalising)")
     row("prompt distinct-1/2/3", " / ".join(_f(p[f"distinct_{n}"]) for n in (1, 2, 3)))
     if rep["length_bias"]:
         what = "chosen longer than rejected" if rep["kind"] == "preference" else "preferred longer than other"
