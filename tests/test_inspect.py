@@ -129,6 +129,19 @@ def test_hook_takes_example_dicts_and_annotations():
     assert rep["agreement"]["annotators"] == 2 and rep["agreement"]["cohen_kappa"] == 0.0
 
 
+def test_token_lengths_with_a_tokenizer(tok):
+    rows = [{"prompt": "Say hi", "chosen": "Hello there, friend!", "rejected": "No."},
+            {"prompt": "Count", "chosen": "1", "rejected": "one two three four"}]
+    rep = inspect_rows(rows, tokenizer=tok)
+    assert rep["length_units"] == ["chars", "words", "tokens"]
+    n = [(len(tok.encode(r["chosen"], add_special_tokens=False)), len(tok.encode(r["rejected"], add_special_tokens=False)))
+         for r in rows]
+    assert n[0][0] > n[0][1] and n[1][0] < n[1][1]
+    b = rep["length_bias"]["tokens"]
+    assert (b["longer"], b["shorter"], b["rate"]) == (1, 1, 0.5)
+    assert rep["lengths"]["tokens"]["chosen"]["max"] == max(c for c, _ in n)
+
+
 def test_cli_writes_json_and_plots(tmp_path, capsys):
     path = tmp_path / "pairs.jsonl"
     write_jsonl(path, _pairs())

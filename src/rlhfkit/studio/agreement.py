@@ -36,7 +36,8 @@ def _categories(values: Iterable[Hashable], given: Sequence | None) -> list:
         cats = list(given)
         if len(set(cats)) != len(cats):
             raise ValueError("categories must be distinct")
-        unknown = {v for v in values if v not in set(cats)}
+        known = set(cats)
+        unknown = {v for v in values if v not in known}
         if unknown:
             raise ValueError(f"labels {sorted(map(str, unknown))[:5]} are not among the categories {cats}")
         return cats
@@ -95,7 +96,8 @@ def cohen_kappa(labels_a: Sequence, labels_b: Sequence, *, weights: str | None =
 
 def fleiss_table(items: Sequence[Sequence], categories: Sequence | None = None) -> tuple[np.ndarray, list]:
     """Per-item label lists (every item rated by the same number of raters) -> the items ×
-    categories count table of :func:`fleiss_kappa` and its column categories."""
+    categories count table of :func:`fleiss_kappa` and its column categories; see
+    ``docs/algorithms.md#annotator-agreement``."""
     items = [list(it) for it in items]
     if not items:
         raise ValueError("Fleiss' kappa needs at least one item")
