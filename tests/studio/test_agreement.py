@@ -161,6 +161,13 @@ def test_krippendorff_nominal_exact_fraction():
     assert ag.krippendorff_alpha(KRIPP_UNITS) == pytest.approx(1 - 39 * 8 / 1216, abs=1e-12)
 
 
+def test_krippendorff_two_coders_is_corrected_scotts_pi():
+    # two coders, no missing values, nominal: alpha = 1 - (1 - pi) * (2N - 1)/(2N), with Scott's
+    # pi = 0.195/0.495 for the 50-item table of the Cohen test (N = 50)
+    two = [["y", "y"]] * 20 + [["y", "n"]] * 5 + [["n", "y"]] * 10 + [["n", "n"]] * 15
+    assert ag.krippendorff_alpha(two) == pytest.approx(1 - (1 - 0.195 / 0.495) * 99 / 100, abs=1e-12)
+
+
 def test_krippendorff_missing_values_nan_and_ordinal_labels():
     with_nan = [[float("nan") if v is None else v for v in u] for u in KRIPP_UNITS]
     assert ag.krippendorff_alpha(with_nan) == pytest.approx(ag.krippendorff_alpha(KRIPP_UNITS), abs=1e-15)
