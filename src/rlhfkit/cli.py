@@ -162,6 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--out", default="", help="output file (default RUN_DIR/report.html)")
     rp.add_argument("--smooth", type=float, default=0.6, help="EMA weight in [0, 1) for training curves "
                     "(default 0.6; 0 = off)")
+    ins = sub.add_parser("inspect", help="data-quality report of a preference file (pairs, listwise, thumbs): "
+                         "ties, strength, length bias, duplicates, near-duplicates, prompt diversity, lengths")
+    ins.add_argument("data", help="a .jsonl/.json/.parquet/.csv file (optionally .gz) or a hub dataset name")
+    ins.add_argument("--out", default="", help="folder for report.json and PNG plots (default: none, print only)")
+    ins.add_argument("--rows", default="", help="row range 'start:stop' in file order (default all)")
+    ins.add_argument("--split", default="train", help="split of a hub dataset (default train)")
+    ins.add_argument("--columns", default="", help="rename fields first, 'src:dst,...' (as data.columns)")
+    ins.add_argument("--strict", action="store_true", help="stop at the first row training would refuse "
+                     "(default: count such rows, each with training's message, and leave them out)")
+    ins.add_argument("--tokenizer", default="", help="also measure lengths in this model's tokens, e.g. "
+                     "smollm2-135m (default: characters and words only)")
+    ins.add_argument("--near_dup_threshold", type=float, default=0.9,
+                     help="Jaccard similarity in (0, 1] of word-3-gram shingles (default 0.9)")
     sub.add_parser("configs", add_help=False, help="the recipes shipped with rlhfkit: list | show NAME | "
                    "path NAME (run one with --config NAME)")
     sub.add_parser("studio", add_help=False, help="human feedback: a labelling web app (pairwise, ranking, "
@@ -184,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"unrecognized arguments: {' '.join(rest)}")
             from .plot import plot_run
             plot_run(args.run_dir, args.out, smooth=args.smooth)
+            return 0
+        if args.command == "inspect":
+            if rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            from .inspect import run_inspect
+            run_inspect(args.data, out=args.out, tokenizer=args.tokenizer, rows=args.rows, split=args.split,
+                        columns=args.columns, strict=args.strict,
+                        near_dup_threshold=args.near_dup_threshold)
             return 0
         if args.command == "configs":
             from .shipped import main as configs_main
