@@ -232,6 +232,10 @@ class TrainConfig(TrackingConfig):
     resume_allow: str = ""
     """Comma-separated config keys a resume may change (e.g. 'max_steps,eval_steps'); any other difference from the recorded run is an error."""
     seed: int = 42
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state over the processes (FSDP2, one unit per
+    transformer block) instead of replicating them (DDP); checkpoints are then written per process
+    and resume on another number of processes. On by itself under an accelerate FSDP config."""
     packing: bool = True
     """Padding-free packing with per-sample attention masks (and a shared prompt for pairs/lists)."""
     pack_length: int = 0

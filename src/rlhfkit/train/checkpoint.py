@@ -41,6 +41,8 @@ except ImportError:  # older safetensors
 MANIFEST = "manifest.json"
 FORMAT = 2
 LEGACY_PICKLE = "states.pt"
+SHARDED_FILES = ("shards/info.json", "states.safetensors", "states.json", "trainer_state.json")
+"""What a sharded (train.fsdp) checkpoint must list besides its per-process shard files."""
 
 
 def rng_state() -> dict:
@@ -174,6 +176,17 @@ def _write_trainable(tmp: str, tensors: dict) -> None:
                 os.remove(link)
 
 
+def _write_manifest(tmp: str, **extra) -> None:
+    """``manifest.json`` (size and sha256 of every file), then every file flushed to disk."""
+    files = {n: {"size": os.path.getsize(os.path.join(tmp, n)), "sha256": sha256_file(os.path.join(tmp, n))}
+             for n in _files(tmp)}
+    with open(os.path.join(tmp, MANIFEST), "w") as f:
+        json.dump({"format": FORMAT, **extra, "files": files}, f, indent=1)
+    for n in _files(tmp):  # flush file contents before the rename publishes them
+        with open(os.path.join(tmp, n), "rb") as fh:
+            os.fsync(fh.fileno())
+
+
 def _files(d: str) -> list[str]:
     return sorted(os.path.relpath(os.path.join(r, n), d) for r, _, ns in os.walk(d) for n in ns)
 
@@ -198,13 +211,7 @@ def save_state(root: str, step: int, *, model, state: dict, states: dict, keep: 
             json.dump(skeleton, f, allow_nan=False)
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump(dict(state, step=step), f, indent=1, allow_nan=False)
-        files = {n: {"size": os.path.getsize(os.path.join(tmp, n)), "sha256": sha256_file(os.path.join(tmp, n))}
-                 for n in _files(tmp)}
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump({"format": FORMAT, "files": files}, f, indent=1)
-        for n in _files(tmp):  # flush file contents before the rename publishes them
-            with open(os.path.join(tmp, n), "rb") as fh:
-                os.fsync(fh.fileno())
+        _write_manifest(tmp)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -220,6 +227,141 @@ def save_state(root: str, step: int, *, model, state: dict, states: dict, keep: 
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+# --------------------------------------------------------------------------- sharded (train.fsdp)
+def _write_error(e: BaseException, final: str, root: str) -> TrainingError:
+    good = latest_checkpoint(root)
+    return TrainingError(f"could not write checkpoint {final}: {getattr(e, 'strerror', None) or e}. Free disk "
+                         f"space or fix permissions; earlier checkpoints are kept (last good: {good or 'none'})")
+
+
+def sharded_tmp(root: str, step: int) -> str:
+    """The directory every process writes its part of checkpoint ``step`` into (one name for all)."""
+    return os.path.join(root, f".step-{step:06d}-sharded")
+
+
+def begin_sharded(root: str, step: int, export=None) -> str:
+    """Main process: a fresh, empty :func:`sharded_tmp` (with the model files when ``export``)."""
+    from .fsdp import SHARD_DIR
+
+    tmp = sharded_tmp(root, step)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(os.path.join(tmp, SHARD_DIR))
+        if export is not None:
+            export(tmp)
+    except (OSError, RuntimeError, _SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(e, os.path.join(root, f"step-{step:06d}"), root) from e
+    return tmp
+
+
+def write_shard(tmp: str, rank: int, world: int, states: dict, shapes: dict) -> None:
+    """One process's shard (model and optimizer states, as from :func:`.fsdp.shard_states`) and its
+    RNG states, as safetensors + JSON."""
+    from .fsdp import shard_file
+
+    base = os.path.join(tmp, shard_file(rank, world))
+    try:
+        tensors: dict = {}
+        skeleton = encode_states(dict(states, rng=rng_state()), tensors)
+        save_file(tensors, base + ".safetensors")
+        with open(base + ".json", "w") as f:
+            json.dump({"rank": rank, "world": world, "shapes": shapes, "states": skeleton}, f, allow_nan=False)
+    except (OSError, RuntimeError, _SafetensorError) as e:
+        raise TrainingError(f"could not write {base}.safetensors: {getattr(e, 'strerror', None) or e}; free disk "
+                            "space or fix permissions") from e
+
+
+def finish_sharded(root: str, step: int, world: int, *, scheduler, state: dict, extra: dict | None,
+                   keep: int = 2) -> str:
+    """Main process, after every shard is written: the shared states (scheduler, recipe state),
+    the trainer state, the manifest over every file, then the rename into ``root/step-{step}``."""
+    from .fsdp import SHARD_DIR
+
+    tmp, final = sharded_tmp(root, step), os.path.join(root, f"step-{step:06d}")
+    try:
+        with open(os.path.join(tmp, SHARD_DIR, "info.json"), "w") as f:
+            json.dump({"world": world}, f)
+        tensors: dict = {}
+        skeleton = encode_states({"scheduler": scheduler.state_dict(), "extra": extra or {}}, tensors)
+        save_file(tensors, os.path.join(tmp, "states.safetensors"))
+        with open(os.path.join(tmp, "states.json"), "w") as f:
+            json.dump(skeleton, f, allow_nan=False)
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+            json.dump(dict(state, step=step), f, indent=1, allow_nan=False)
+        _write_manifest(tmp, sharded=True)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except (OSError, RuntimeError, _SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(e, final, root) from e
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def is_sharded_checkpoint(path: str) -> bool:
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            return bool(json.load(f).get("sharded"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _manifest(path: str) -> dict:
+    if os.path.exists(os.path.join(path, LEGACY_PICKLE)):
+        raise TrainingError(f"checkpoint {path} holds {LEGACY_PICKLE}, a pickle that could run code when "
+                            "loaded; refused. Resume from a checkpoint written by this version, or start over")
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            manifest = json.load(f)
+        if manifest.get("format") != FORMAT:
+            raise ValueError("format")
+    except (OSError, ValueError, AttributeError) as e:
+        raise TrainingError(f"checkpoint {path} has no valid manifest; it cannot be verified") from e
+    return manifest
+
+
+def load_sharded_checkpoint(path: str, *, model, optimizer, scheduler, rank: int) -> tuple[dict, dict]:
+    """Restore a sharded checkpoint into ``model`` (sharded over any number of processes, or one
+    plain model) and its optimizer, the scheduler and this process's RNG states (the saved
+    process of the same rank, else rank 0's); return (trainer state, recipe extra). Every process
+    re-assembles the full states from the shard files and keeps its own shard of them. Every file
+    is checked against its sha256 as it is read; no file is unpickled."""
+    from . import fsdp
+
+    manifest = _manifest(path)
+    if not manifest.get("sharded"):
+        raise TrainingError(f"checkpoint {path} was written without train.fsdp; resume it with --train.fsdp false "
+                            "(the same setting the run was started with)")
+    read = lambda name: _read_verified(path, name, manifest)  # noqa: E731
+    err, full, rngs = "", {}, []
+    try:
+        full, rngs = fsdp.load_full_states(path, read)
+        params = {n for n, v in model.state_dict(keep_vars=True).items() if getattr(v, "requires_grad", False)}
+        names = set(full["model"])
+        if names != params:
+            err = (f"checkpoint {path} does not match this model (e.g. '{sorted(names ^ params)[0]}'); resume "
+                   "with the same model and LoRA/freeze settings")
+    except TrainingError as e:
+        err = str(e)
+    err = fsdp.agree(err)  # every process stops before the load when the main one cannot go on
+    if err:
+        raise TrainingError(err)
+    fsdp.set_full_states(model, optimizer, full)
+    del full
+    rng = rngs[rank] if rank < len(rngs) else rngs[0]
+    tensors = load_bytes(read("states.safetensors"))
+    states = decode_states(json.loads(read("states.json")), tensors)
+    try:
+        scheduler.load_state_dict(states["scheduler"])
+    except (KeyError, ValueError) as e:
+        raise TrainingError(f"checkpoint {path}: the scheduler state does not fit this run ({e})") from e
+    set_rng_state(rng)
+    return json.loads(read("trainer_state.json")), states.get("extra", {})
 
 
 # --------------------------------------------------------------------------- checking
@@ -245,7 +387,9 @@ def check_checkpoint(path: str) -> str:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(
             manifest.get("files"), dict):
         return "its manifest is not of this checkpoint format (no sha256 per file)"
-    for n in ("trainable.safetensors", "states.safetensors", "states.json", "trainer_state.json"):
+    required = SHARDED_FILES if manifest.get("sharded") else ("trainable.safetensors", "states.safetensors",
+                                                             "states.json", "trainer_state.json")
+    for n in required:
         if n not in manifest["files"]:
             return f"the manifest does not list {n}"
     for n, meta in manifest["files"].items():

@@ -53,7 +53,7 @@ def write_model(trainer, name: str, metrics: dict | None = None, step: int | Non
     config = run_config(trainer)
     try:
         with atomic_dir(path) as tmp:
-            trainer.recipe.save(trainer.accelerator.unwrap_model(trainer.model), tmp)
+            trainer.recipe.save(trainer.export_model(), tmp)
             if config is not None:
                 adapters = os.path.isfile(os.path.join(tmp, "adapter_config.json"))
                 modelcard.write_card(tmp, config=config, name=f"{os.path.basename(trainer.cfg.output_dir)}/{name}",
@@ -81,11 +81,12 @@ def keep_best(trainer, step: int, res: dict) -> None:
     if not trainer._weights_finite():
         return  # never keep non-finite weights as the best model
     trainer.recipe.state["best_value"] = v
-    if trainer.accelerator.is_main_process:
-        path = write_model(trainer, "best", res, step)
-        with open(os.path.join(cfg.output_dir, "best.json"), "w") as f:
-            json.dump({"step": step, "metric": key, "value": v}, f)
-        trainer.log(f"[{trainer.recipe.name}] best {key}={v:.4g} at step {step}: saved {path}")
+    with trainer.full_weights():  # FSDP: gathered on every process, written by the main one
+        if trainer.accelerator.is_main_process:
+            path = write_model(trainer, "best", res, step)
+            with open(os.path.join(cfg.output_dir, "best.json"), "w") as f:
+                json.dump({"step": step, "metric": key, "value": v}, f)
+            trainer.log(f"[{trainer.recipe.name}] best {key}={v:.4g} at step {step}: saved {path}")
     trainer.accelerator.wait_for_everyone()
 
 
@@ -105,7 +106,7 @@ def checkpoint_exporter(trainer):
         if getattr(trainer, "_export_tok", None) is None:
             trainer._export_tok = load_tokenizer(model_cfg.name, model_cfg.trust_remote_code)
         lora = dataclasses.replace(model_cfg.lora, merge=False)  # checkpoints keep adapters as adapters
-        m = trainer.accelerator.unwrap_model(trainer.model)
+        m = trainer.export_model()
         parts = [(m.policy, path), (m.critic, os.path.join(path, "critic"))] if hasattr(m, "critic") and \
             hasattr(m, "policy") else [(m, path)]
         for part, where in parts:
@@ -170,8 +171,9 @@ def finish(trainer, end: int, final_eval: dict) -> None:
                 raise
             trainer.log(f"[{name}] {e}; writing final/ anyway")
     path = None
-    if trainer.recipe.save is not None and acc.is_main_process:
-        path = write_model(trainer, "final", final_eval, end)
+    with trainer.full_weights():  # FSDP: the consolidated weights, gathered on every process
+        if trainer.recipe.save is not None and acc.is_main_process:
+            path = write_model(trainer, "final", final_eval, end)
     acc.wait_for_everyone()
     if acc.is_main_process:
         trainer.log(f"[{name}] wrote {human_bytes(dir_bytes(cfg.output_dir))} ({dir_bytes(cfg.output_dir)} bytes) "

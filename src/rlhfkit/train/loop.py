@@ -25,6 +25,7 @@ replaced whole and hold a model card; the end of a run keeps optimizer state onl
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import math
@@ -46,7 +47,9 @@ from .metrics import MetricsLog
 from .setup import (check_train_config, make_optimizer, make_scheduler,  # noqa: F401 (re-exported)
                     return_freed_memory, start_run)
 from . import export
-from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from . import fsdp
+from .checkpoint import (begin_sharded, finish_sharded, latest_checkpoint, list_checkpoints, load_checkpoint,
+                         load_sharded_checkpoint, save_checkpoint, write_shard)
 from .rundir import examples_fingerprint, file_fingerprints, prepare_run_dir
 
 RUN_CONFIG: contextvars.ContextVar = contextvars.ContextVar("rlhfkit_run_config", default=None)
@@ -114,13 +117,24 @@ class Trainer:
                 raise TrainingError(f"{n} training examples cannot be split between {self.world} processes")
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
             1, math.ceil(cfg.epochs * self.micro_per_epoch / cfg.grad_accum))
+        self.fsdp = fsdp.fsdp_requested(cfg)
+        if self.fsdp and recipe.iteration is not None:
+            raise TrainingError(f"train.fsdp: the online recipe '{recipe.name}' samples with its own copy of the "
+                                "weights, which the sharded path does not keep yet; train it with DDP "
+                                "(train.fsdp false; launched without an FSDP accelerate config)")
+        self._full_copy = self._export_view = None
+        if self.fsdp and self.world > 1:  # before the optimizer: sharding replaces the parameters
+            self._full_copy = fsdp.FullCopy(recipe.model)
+            fsdp.shard_model(recipe.model.to(self.accelerator.device), self.world, self.accelerator.device)
         params = [p for p in recipe.model.parameters() if p.requires_grad]
         if not params:
             raise TrainingError("the model has no trainable parameters (check freeze_layers / LoRA)")
         groups = recipe.param_groups(recipe.model) if recipe.param_groups else params
         self.optimizer = make_optimizer(groups, cfg, params[0].device)
         self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
-        if self.world > 1 and hasattr(recipe.model, "wrap_parts"):  # parts called separately
+        if self.fsdp:  # sharded by fully_shard above (or one process: nothing to wrap)
+            self.model = recipe.model.to(self.accelerator.device)
+        elif self.world > 1 and hasattr(recipe.model, "wrap_parts"):  # parts called separately
             recipe.model.wrap_parts(self.accelerator.prepare_model)
             self.model, self.optimizer = recipe.model, self.accelerator.prepare_optimizer(self.optimizer)
         else:
@@ -240,7 +254,27 @@ class Trainer:
     def _keep_best(self, step: int, res: dict) -> None:
         export.keep_best(self, step, res)
 
+    @contextlib.contextmanager
+    def full_weights(self):
+        """A block in which :meth:`export_model` is the consolidated model (sharded: gathered onto the
+        main process; collective, every process enters it)."""
+        if self._full_copy is None:
+            yield self.export_model()
+            return
+        with self._full_copy.gathered(self.model, self.accelerator.is_main_process) as view:
+            self._export_view = view
+            try:
+                yield view
+            finally:
+                self._export_view = None
+
+    def export_model(self):
+        """The model to write out: the gathered copy inside :meth:`full_weights` under FSDP, else the model."""
+        return self._export_view if self._export_view is not None else self.accelerator.unwrap_model(self.model)
+
     def _weights_finite(self) -> bool:
+        if self.fsdp:
+            return fsdp.weights_finite([p for p in self.model.parameters() if p.requires_grad])
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters() if p.requires_grad)
 
     def _check_finite(self, step: int, what: str) -> None:
@@ -253,6 +287,8 @@ class Trainer:
         self._check_finite(step, "no checkpoint written")
         if self.recipe.before_save is not None:
             self.recipe.before_save()
+        if self.fsdp:
+            return self._save_sharded(step)
         err = ""
         if self.accelerator.is_main_process:
             try:
@@ -260,6 +296,35 @@ class Trainer:
                     self.ckpt_dir, step, model=self.accelerator.unwrap_model(self.model),
                     optimizer=self.optimizer, scheduler=self.scheduler, state={"total_steps": self.total_steps},
                     extra=self.recipe.state, keep=self.cfg.save_total_limit, export=export.checkpoint_exporter(self))
+            except TrainingError as e:
+                err = str(e)
+        self._agree(err)
+        self.accelerator.wait_for_everyone()
+
+    def _save_sharded(self, step: int) -> None:
+        """FSDP checkpoint: every process writes its shard; the main process the model files (from the
+        gathered weights), the shared states and the manifest, then publishes the directory."""
+        main, err = self.accelerator.is_main_process, ""
+        states, shapes = fsdp.shard_states(self.model, self.optimizer)
+        with self.full_weights():
+            if main:
+                try:
+                    begin_sharded(self.ckpt_dir, step, export=export.checkpoint_exporter(self))
+                except TrainingError as e:
+                    err = str(e)
+            self._agree(err)
+        self.accelerator.wait_for_everyone()
+        try:
+            write_shard(os.path.join(self.ckpt_dir, f".step-{step:06d}-sharded"), self.rank, self.world, states, shapes)
+        except TrainingError as e:
+            err = str(e)
+        self._agree(err)
+        del states
+        if main:
+            try:
+                self.last_good = finish_sharded(self.ckpt_dir, step, self.world, scheduler=self.scheduler,
+                                                state={"total_steps": self.total_steps}, extra=self.recipe.state,
+                                                keep=self.cfg.save_total_limit)
             except TrainingError as e:
                 err = str(e)
         self._agree(err)
@@ -323,8 +388,12 @@ class Trainer:
                 self.log(f"[{self.recipe.name}] resume: no checkpoint in {self.ckpt_dir}; starting fresh")
                 self.metrics.truncate_after(-1)  # records of a run killed before its first checkpoint
             else:
-                state, extra = load_checkpoint(path, model=acc.unwrap_model(self.model),
-                                               optimizer=self.optimizer, scheduler=self.scheduler)
+                if self.fsdp:
+                    state, extra = load_sharded_checkpoint(path, model=self.model, optimizer=self.optimizer,
+                                                           scheduler=self.scheduler, rank=self.rank)
+                else:
+                    state, extra = load_checkpoint(path, model=acc.unwrap_model(self.model),
+                                                   optimizer=self.optimizer, scheduler=self.scheduler)
                 self.recipe.state.update(extra)
                 start = state["step"]
                 self.last_good = path
@@ -471,7 +540,12 @@ class Trainer:
             for k, v in out.sums.items():
                 raw[k] = raw.get(k, 0.0) + float(v)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.cfg.max_grad_norm > 0:
+        if self.fsdp and self.world > 1:
+            fsdp.sync_replicated_grads(params, self.world)
+        if self.fsdp:
+            gnorm = fsdp.clip_grad_norm(params, self.cfg.max_grad_norm) if self.cfg.max_grad_norm > 0 else \
+                float(fsdp.grad_norm(params))
+        elif self.cfg.max_grad_norm > 0:
             gnorm = float(acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
         else:
             grads = [p.grad.norm() for p in params if p.grad is not None]
