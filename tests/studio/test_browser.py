@@ -83,7 +83,8 @@ def env(tmp_path_factory):
                 tokens[name] = r.json()["token"]
             guide = tmp / "guide.md"
             guide.write_text("Prefer the correct sum.")
-            cli("project", "create", "pp", "--kind", "pairwise", "--data", write_jsonl(tmp / "pp.jsonl", pairs(N_PAIRS)),
+            data = write_jsonl(tmp / "pp.jsonl", pairs(N_PAIRS))
+            cli("project", "create", "pp", "--kind", "pairwise", "--data", data,
                 "--overlap", "2", "--assign", "ana,ben", "--seed", "5", "--guidelines", str(guide), "--dir", d)
             for body in ({"name": "rk", "kind": "ranking", "rows": RANK_ROWS, "filename": "rk.jsonl", "seed": 1},
                          {"name": "th", "kind": "thumbs", "rows": THUMB_ROWS, "filename": "th.jsonl", "seed": 2},
@@ -386,8 +387,8 @@ def test_export_trains_rm_dpo_and_kto(env, tiny_dir, tmp_path):
         (pair_prompt(i), *stored_pair(i)) for i in (0, 1, 3, 5)]
     thumbs = {}  # what ana gave each stored response (one label per item: the majority is that label)
     for i, row in enumerate(THUMB_ROWS):
-        for text, v in zip((row["chosen"], row["rejected"]), env["expected"][("th", "ana", f"Greet {i}.")][0]["thumbs"]):
-            thumbs[text] = v
+        given = env["expected"][("th", "ana", f"Greet {i}.")][0]["thumbs"]
+        thumbs.update(zip((row["chosen"], row["rejected"]), given))
     assert sorted(thumbs.values()) == [False, False, True, True]
     assert sorted((r["completion"], r["label"]) for r in map(json.loads, open(unpaired_out))) == sorted(thumbs.items())
     assert main(["rm", *args(tiny_dir, tmp_path / "rm", pairs_out)]) == 0

@@ -2,8 +2,10 @@
 
 SQLite by default (``studio.db`` in the project dir: WAL journal, a 30 s busy timeout, every
 transaction ``BEGIN IMMEDIATE`` so concurrent writers queue instead of failing), or any
-SQLAlchemy URL (``postgresql://...``). Only portable SQLAlchemy types and constructs are used;
-the pragmas are issued for the SQLite dialect alone.
+SQLAlchemy URL (``postgresql://...``: psycopg 3 when psycopg2 is not installed). Only portable
+SQLAlchemy types and constructs are used; the pragmas are issued for the SQLite dialect alone.
+Where SQLite's write lock does not serialise writers (PostgreSQL), serving a fresh item locks its
+project's row first, so an item is never served past its overlap (see :func:`next_item`).
 
 Each public write function runs in one transaction (``engine.begin()``): a process killed in
 the middle leaves either the whole write or none of it.
