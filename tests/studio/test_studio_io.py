@@ -269,6 +269,22 @@ def test_migration_steps_run_in_order_and_keep_data(tmp_path, monkeypatch):
     fresh.dispose()
 
 
+def test_postgresql_urls_get_the_installed_driver(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    for installed, want in (({"psycopg"}, "postgresql+psycopg://u@h:5/d"),
+                            ({"psycopg2", "psycopg"}, "postgresql://u@h:5/d"), (set(), "postgresql://u@h:5/d")):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, installed=installed: (
+            object() if name in installed else None) if name in ("psycopg", "psycopg2") else real(name, *a))
+        assert db._with_driver("postgresql://u@h:5/d") == want
+    assert db._with_driver("postgres://u@h/d") == "postgres://u@h/d"  # no driver installed: unchanged
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "psycopg" else None)
+    assert db._with_driver("postgres://u@h/d") == "postgresql+psycopg://u@h/d"
+    assert db._with_driver("postgresql+psycopg2://u@h/d") == "postgresql+psycopg2://u@h/d"  # a named driver stays
+    assert db._with_driver("sqlite:///x.db") == "sqlite:///x.db"
+
+
 def test_bad_database_urls_are_one_line_errors(tmp_path, capsys):
     assert main(["studio", "user", "list", "--db", "nosuchdialect://x"]) == 2
     assert "cannot use database URL" in capsys.readouterr().err

@@ -2,8 +2,10 @@
 
 SQLite by default (``studio.db`` in the project dir: WAL journal, a 30 s busy timeout, every
 transaction ``BEGIN IMMEDIATE`` so concurrent writers queue instead of failing), or any
-SQLAlchemy URL (``postgresql://...``). Only portable SQLAlchemy types and constructs are used;
-the pragmas are issued for the SQLite dialect alone.
+SQLAlchemy URL (``postgresql://...``: psycopg 3 when psycopg2 is not installed). Only portable
+SQLAlchemy types and constructs are used; the pragmas are issued for the SQLite dialect alone.
+Where SQLite's write lock does not serialise writers (PostgreSQL), serving a fresh item locks its
+project's row first, so an item is never served past its overlap (see :func:`next_item`).
 
 Each public write function runs in one transaction (``engine.begin()``): a process killed in
 the middle leaves either the whole write or none of it.
@@ -129,10 +131,22 @@ def resolve_url(directory: str | None = None, url: str | None = None) -> str:
     return "sqlite:///" + os.path.abspath(os.path.join(directory, DB_FILE))
 
 
+def _with_driver(url: str) -> str:
+    """``postgresql://`` names SQLAlchemy's default driver (psycopg2); when only psycopg 3 is
+    installed (the ``studio`` extra's), the URL is given that driver instead."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg2") is None \
+            and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + rest
+    return url
+
+
 def make_engine(url: str):
     """An engine for ``url``; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE``."""
     try:
-        engine = sa.create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
+        engine = sa.create_engine(_with_driver(url), future=True, pool_pre_ping=not url.startswith("sqlite"))
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
         raise StudioError(f"cannot use database URL {url!r}: {e}") from e
     if engine.dialect.name == "sqlite":
@@ -384,6 +398,12 @@ def next_item(engine, project: str, user: dict) -> dict:
         resume, fresh = next_item_queries(p["id"], uid, p["overlap"], now)
         row = conn.execute(resume).mappings().first()
         if row is None:
+            # choosing a fresh item counts other annotators' open leases, then adds one: two
+            # annotators doing this at once must not both see the last free place. SQLite's write
+            # lock (BEGIN IMMEDIATE) already serialises them; elsewhere (PostgreSQL) a row lock on
+            # the project does (FOR NO KEY UPDATE: it does not block label inserts, whose foreign
+            # key takes only a key-share lock). The count that follows sees every committed lease.
+            conn.execute(sa.select(projects.c.id).where(projects.c.id == p["id"]).with_for_update(key_share=True))
             row = conn.execute(fresh).mappings().first()
             if row is not None:
                 conn.execute(views.insert().values(item_id=row["id"], user_id=uid, shown_at=now))

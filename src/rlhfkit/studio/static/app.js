@@ -154,8 +154,8 @@ async function labelPage() {
         card.addEventListener("dragover", (ev) => ev.preventDefault());
         card.addEventListener("drop", (ev) => { ev.preventDefault(); dropOn(Number(ev.dataTransfer.getData("text/plain")), i); });
       } else if (info.kind === "thumbs") {
-        const up = el("button", "👍 up", answer[i] === true ? "on" : "");
-        const down = el("button", "👎 down", answer[i] === false ? "on" : "");
+        const up = el("button", "▲ up", answer[i] === true ? "on" : "");
+        const down = el("button", "▼ down", answer[i] === false ? "on" : "");
         up.type = down.type = "button";
         up.addEventListener("click", (ev) => { ev.stopPropagation(); setThumb(i, true); });
         down.addEventListener("click", (ev) => { ev.stopPropagation(); setThumb(i, false); });
