@@ -170,8 +170,9 @@ def finish(trainer, end: int, final_eval: dict) -> None:
                 raise
             trainer.log(f"[{name}] {e}; writing final/ anyway")
     path = None
-    if trainer.recipe.save is not None and acc.is_main_process:
-        path = write_model(trainer, "final", final_eval, end)
+    with trainer.full_weights():  # ZeRO-3: the whole weights, gathered on every process
+        if trainer.recipe.save is not None and acc.is_main_process:
+            path = write_model(trainer, "final", final_eval, end)
     acc.wait_for_everyone()
     if acc.is_main_process:
         trainer.log(f"[{name}] wrote {human_bytes(dir_bytes(cfg.output_dir))} ({dir_bytes(cfg.output_dir)} bytes) "
