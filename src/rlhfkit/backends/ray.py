@@ -35,6 +35,8 @@ sampling and scoring: transfers, (de)serialisation, scheduling, loads still runn
 
 A dead actor, or one silent for ``rollout.ray_timeout`` seconds, ends the call with a
 :class:`~rlhfkit.errors.TrainingError` naming the worker, never a hang.
+
+The seeding and the timings are defined in docs/algorithms.md#ray-rollouts.
 """
 
 from __future__ import annotations
