@@ -224,6 +224,8 @@ class RayEngine(RolloutEngine):
 
         cloudpickle = importlib.import_module("ray.cloudpickle")  # what Ray itself pickles with
         held = {}
+        if not hasattr(rewards, "sources"):  # a scorer of one's own: called on the driver as it is
+            return [], [getattr(rewards, "name", type(rewards).__name__)]
         for i, src in enumerate(rewards.sources):
             try:
                 cloudpickle.dumps(src)
