@@ -63,7 +63,7 @@ def test_configs_live_in_the_package_only():
     assert not os.path.exists(os.path.join(REPO, "configs")), "configs/ belongs under src/rlhfkit/configs"
     assert len(_recipe_files()) >= 10
     assert sorted(os.listdir(os.path.join(PKG_CONFIGS, "accelerate"))) == [
-        "deepspeed_zero2.yaml", "fsdp.yaml", "gpu_ddp.yaml"]
+        "deepspeed_zero2.yaml", "deepspeed_zero3.yaml", "fsdp.yaml", "gpu_ddp.yaml"]
 
 
 @pytest.mark.parametrize("path", _recipe_files(), ids=os.path.basename)

@@ -44,8 +44,8 @@ def training_logprobs(model, tok, prompts, ro) -> tuple[torch.Tensor, torch.Tens
 
 
 def test_registry_names_and_unknown_engine(lm, tok):
-    assert sorted(ENGINES) == ["cpu", "hf", "vllm"]
-    with pytest.raises(ConfigError, match="unknown rollout.backend 'nope'; use one of cpu, hf, vllm"):
+    assert sorted(ENGINES) == ["cpu", "hf", "ray", "vllm"]
+    with pytest.raises(ConfigError, match="unknown rollout.backend 'nope'; use one of cpu, hf, ray, vllm"):
         make_engine("nope", lm, tok)
     hf, cpu = make_engine("hf", lm, tok), make_engine("cpu", lm, tok)
     assert (hf.name, hf.shares_weights) == ("hf", True)

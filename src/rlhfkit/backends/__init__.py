@@ -10,7 +10,10 @@ name from :data:`ENGINES`:
   weights (then ``update_weights`` must be called after each optimizer step); other models
   fall back to their own forward with reordered products (and share the weights);
 - ``vllm``: a vLLM engine on the GPU, with its own copy of the weights pushed by
-  ``update_weights``.
+  ``update_weights``;
+- ``ray``: the ``cpu`` or ``hf`` engine run by Ray actors on shards of the prompts, the weights
+  broadcast through Ray's object store by ``update_weights`` (optional extra ``rlhfkit[ray]``;
+  settings in :class:`~rlhfkit.backends.ray.RayOptions`, passed as ``ray=``).
 
 See :mod:`rlhfkit.backends.base` for the contract.
 """
@@ -41,15 +44,25 @@ def _vllm(model, tokenizer, batch_size: int, runtime: RuntimeOptions) -> Rollout
     return VllmEngine(model, tokenizer, batch_size, runtime)
 
 
-ENGINES = {"hf": _hf, "cpu": _cpu, "vllm": _vllm}
-"""Engine name -> factory ``(model, tokenizer, batch_size, runtime) -> RolloutEngine``."""
+def _ray(model, tokenizer, batch_size: int, runtime: RuntimeOptions, options=None) -> RolloutEngine:
+    from .ray import RayEngine
+
+    return RayEngine(model, tokenizer, batch_size, runtime, options)
+
+
+ENGINES = {"hf": _hf, "cpu": _cpu, "vllm": _vllm, "ray": _ray}
+"""Engine name -> factory ``(model, tokenizer, batch_size, runtime) -> RolloutEngine`` (``ray``
+also takes its :class:`~rlhfkit.backends.ray.RayOptions`)."""
 
 
 def make_engine(name: str, model, tokenizer, *, batch_size: int = 64,
-                runtime: RuntimeOptions | None = None) -> RolloutEngine:
-    """The rollout engine ``name`` for ``model`` (ConfigError for an unknown name)."""
+                runtime: RuntimeOptions | None = None, ray=None) -> RolloutEngine:
+    """The rollout engine ``name`` for ``model`` (ConfigError for an unknown name); ``ray``: the
+    :class:`~rlhfkit.backends.ray.RayOptions` of the ``ray`` engine (default ones if None)."""
     if name not in ENGINES:
         raise ConfigError(f"unknown rollout.backend {name!r}; use one of {', '.join(sorted(ENGINES))}")
     rt = runtime if runtime is not None else RuntimeOptions()
     rt.validate()
+    if name == "ray":
+        return ENGINES[name](model, tokenizer, max(1, int(batch_size)), rt, ray)
     return ENGINES[name](model, tokenizer, max(1, int(batch_size)), rt)

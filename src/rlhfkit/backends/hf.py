@@ -155,11 +155,19 @@ class InProcessEngine(RolloutEngine):
         """The object that runs prefill / step / select for batches of up to ``width`` rows."""
         yield HFStepper(self.model)
 
-    @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams,
                  generator: torch.Generator | None = None, row_offset: int = 0) -> Rollout:
+        return self.generate_seeded(prompt_ids, params, base_seed(generator), row_offset)
+
+    @torch.no_grad()
+    def generate_seeded(self, prompt_ids: list[list[int]], params: SamplingParams, base: int,
+                        row_offset: int = 0) -> Rollout:
+        """:meth:`generate` from a sampling seed already drawn (``base``, see
+        :func:`~rlhfkit.backends.base.base_seed`): global row ``row_offset + i`` samples from
+        the generator of :func:`~rlhfkit.backends.base.row_seed` ``(base, row_offset + i)``, so
+        a process that drew ``base`` once can hand shards of its prompts to other engines (the
+        ``ray`` engine's workers) and get the rows it would have sampled itself."""
         t0 = time.perf_counter()
-        base = base_seed(generator)
         rows = [p for p in prompt_ids for _ in range(max(1, params.n))]
         gens = row_generators(base, len(rows), row_offset)
         comps: list[list[int]] = []

@@ -53,10 +53,30 @@ def completion_logprobs(model, batch: Batch, *, chunk: int = 1024, temperature: 
     ``log_sum_sq`` also each token's detached log Σ_v π(v|ctx)² from the same chunked LM-head pass."""
     h = hidden_states(model, batch).index_select(0, batch.tgt_pos)   # (T, H)
     head = lm_head(model)
-    logp, ent, lsq = chunked_logprob_stats(h, head.weight, batch.tgt_ids, bias=getattr(head, "bias", None),
-                                           chunk=chunk, temperature=temperature, entropy=entropy,
-                                           log_sum_sq=log_sum_sq)
+
+    def stats(hidden):
+        return chunked_logprob_stats(hidden, head.weight, batch.tgt_ids, bias=getattr(head, "bias", None),
+                                     chunk=chunk, temperature=temperature, entropy=entropy, log_sum_sq=log_sum_sq)
+
+    logp, ent, lsq = through_module(head, stats, h) if zero3_partitioned(head) else stats(h)
     return LogprobOutput(logp, *segment_sum(logp, batch), ent, h if return_hidden else None, lsq)
+
+
+def zero3_partitioned(module) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions ``module``'s own parameters (each then holds only
+    its shard outside the module's forward)."""
+    return any(hasattr(p, "ds_id") for p in module.parameters(recurse=False))
+
+
+def through_module(module, fn, *args):
+    """``fn(*args)`` run as ``module``'s forward: the module's hooks run around it, so under
+    DeepSpeed ZeRO-3 its parameters are gathered for ``fn`` and again for its backward (the
+    chunked LM-head pass reads ``lm_head.weight`` directly, outside any module call)."""
+    module.forward = fn  # an instance attribute: nn.Module.__call__ calls it between the hooks
+    try:
+        return module(*args)
+    finally:
+        del module.forward
 
 
 def lm_head(model):

@@ -372,7 +372,12 @@ class CombinedReward:
         self._scored: set[str] = set()  # sources past their first batch
 
     def score(self, prompts: list, completions: list[str],
-              extras: list[dict] | None = None) -> CombinedScores:
+              extras: list[dict] | None = None,
+              precomputed: dict[int, RewardResult] | None = None) -> CombinedScores:
+        """The combined scores of the rows; ``precomputed`` maps a source's index to its result on
+        these rows already computed elsewhere (e.g. by the ``ray`` rollout engine's workers):
+        that source is not called, and its result goes through the same checks as its own."""
+        precomputed = precomputed or {}
         n = len(completions)
         extras = [{} for _ in range(n)] if extras is None else list(extras)
         if len(prompts) != n or len(extras) != n:
@@ -381,8 +386,8 @@ class CombinedReward:
         total = [0.0] * n
         per_source: dict[str, list[float]] = {}
         errors: list[str] = []
-        for name, src, w, bound in zip(self.names, self.sources, self.weights, self.bounds):
-            res = src.score(list(prompts), list(completions), extras)
+        for i, (name, src, w, bound) in enumerate(zip(self.names, self.sources, self.weights, self.bounds)):
+            res = precomputed[i] if i in precomputed else src.score(list(prompts), list(completions), extras)
             if len(res.values) != n:
                 raise RuntimeError(f"reward '{name}' returned {len(res.values)} values for {n} rows")
             per_source[name] = [float(v) for v in res.values]

@@ -40,6 +40,16 @@ class RewardModel:
         """'chat' or 'plain': how the training prompts were rendered (None when not recorded)."""
         self._style_warned = False
 
+    def __getstate__(self) -> dict:  # pickles as class, config and weights (rlhfkit.models.portable)
+        from ..models.portable import pack_model
+
+        return dict(self.__dict__, model=pack_model(self.model))
+
+    def __setstate__(self, state: dict) -> None:
+        from ..models.portable import unpack_model
+
+        self.__dict__.update(state, model=unpack_model(state["model"]).eval())
+
     def _check_style(self, prompts) -> None:
         """Warn once when prompts are rendered in another style than the training prompts."""
         if self._style_warned or self.trained_style not in ("chat", "plain"):

@@ -25,6 +25,7 @@ class RolloutConfig:
     """The rollout engine: cpu (the decode loop with the CPU speed work of the ``runtime``
     section: packed weights, the lean decoder over its own weight copy, bf16/int8 sampling
     copies) | hf (the model's own forward on the training module) | vllm (GPU, optional extra) |
+    ray (the cpu or hf engine in Ray actors, ``ray_*`` below; optional extra ``rlhfkit[ray]``) |
     auto (cpu for a model on the CPU, hf otherwise)."""
     num_generations: int = 8
     """Samples per prompt (G)."""
@@ -45,9 +46,31 @@ class RolloutConfig:
     """``rollout.async``: sample step k+1 in a worker thread while step k updates, from a copy of the
     weights before that update (one step off-policy; correction.mode auto = tis). One more copy
     of the policy's weights in memory. docs/algorithms.md#async-rollout."""
+    ray_workers: int = 2
+    """backend=ray: Ray actors sampling (and scoring) shards of each batch of prompts, in [1, 1024]."""
+    ray_address: str = ""
+    """backend=ray: the Ray cluster to join ('auto', HOST:PORT or ray://HOST:PORT); empty = a
+    local Ray started for the run with ray_workers x ray_worker_cpus CPUs."""
+    ray_engine: str = "cpu"
+    """backend=ray: the engine each actor runs on its copy of the policy: cpu | hf."""
+    ray_worker_cpus: int = 1
+    """backend=ray: CPUs (and torch threads) per actor, in [1, 1024]."""
+    ray_timeout: float = 600.0
+    """backend=ray: seconds (> 0) a call waits for an actor before failing with a clear error
+    (a dead actor fails at once)."""
 
     def validate(self, p: str = "rollout.") -> None:
-        check_choice(p + "backend", self.backend, ("auto", "cpu", "hf", "vllm"))
+        check_choice(p + "backend", self.backend, ("auto", "cpu", "hf", "vllm", "ray"))
+        ray_options(self).validate(p + "ray_")
+        if self.backend == "ray":
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                raise ConfigError(f"{p}backend=ray needs the ray package, which is not installed: "
+                                  "pip install rlhfkit[ray] (or use rollout.backend=cpu or hf)")
+            if self.async_:
+                raise ConfigError(f"{p}async is not available with {p}backend=ray (the Ray actors hold their "
+                                  "own weights); use one or the other")
         check_range(p + "num_generations", self.num_generations, lo=1)
         check_range(p + "max_new_tokens", self.max_new_tokens, lo=1)
         check_range(p + "temperature", self.temperature, lo=0)
@@ -262,6 +285,14 @@ def engine_name(rollout: RolloutConfig, model) -> str:
     if rollout.backend != "auto":
         return rollout.backend
     return "cpu" if next(model.parameters()).device.type == "cpu" else "hf"
+
+
+def ray_options(rollout: RolloutConfig):
+    """The :class:`~rlhfkit.backends.ray.RayOptions` of ``rollout.ray_*``."""
+    from ..backends.ray import RayOptions
+
+    return RayOptions(workers=rollout.ray_workers, address=rollout.ray_address, engine=rollout.ray_engine,
+                      worker_cpus=rollout.ray_worker_cpus, timeout=rollout.ray_timeout)
 
 
 def engine_options(rollout: RolloutConfig, runtime: RuntimeOptions) -> dict:

@@ -80,6 +80,24 @@ def rollout(engine, exs: list[Example], sampling, row_offset: int = 0, generator
                                              row_offset=row_offset))
 
 
+def rollout_scored(engine, rewards, exs: list[Example], sampling, row_offset: int = 0, generator=None,
+                   log: Callable[[str], None] = print):
+    """:func:`rollout` and :func:`score`. An engine that scores in its own workers (the ``ray``
+    engine: ``generate_scored``) scores there the sources it holds, the rest are scored here, and
+    the time spent here is added to its scoring time."""
+    if not hasattr(engine, "generate_scored"):
+        traj = rollout(engine, exs, sampling, row_offset=row_offset, generator=generator)
+        return traj, score(rewards, traj, log)
+    rows = reward_inputs(exs, max(1, sampling.n))
+    ro, pre = engine.generate_scored([ex.prompt for ex in exs], sampling, generator=generator,
+                                     row_offset=row_offset, reward_rows=rows)
+    traj = from_rollout(exs, ro)
+    t0 = time.perf_counter()
+    res = score(rewards, traj, log, precomputed=pre)
+    engine.add_timing("score", time.perf_counter() - t0)
+    return traj, res
+
+
 def from_rollout(exs: list[Example], ro) -> Trajectories:
     """The :class:`Trajectories` of an engine's :class:`~rlhfkit.rl.rollout.Rollout` for ``exs``."""
     return Trajectories(exs, ro.n, ro.completion_ids, ro.logprobs, list(ro.finished), ro.texts,
@@ -140,12 +158,19 @@ def concat(trajs: list[Trajectories]) -> Trajectories:
                         cat("texts"), sum(t.gen_seconds for t in trajs), masks)
 
 
-def score(rewards, traj: Trajectories, log: Callable[[str], None] = print):
-    """The reward sources on every response; the first reward errors are logged."""
-    n = traj.group
-    prompts = [ex.extra.get("prompt") for ex in traj.examples for _ in range(n)]
-    extras = [{k: v for k, v in ex.extra.items() if k != "prompt"} for ex in traj.examples for _ in range(n)]
-    res = rewards.score(prompts, traj.texts, extras)
+def reward_inputs(exs: list[Example], n: int) -> tuple[list, list[dict]]:
+    """The reward sources' ``prompts`` and ``extras`` of ``n`` responses per example (prompt-major)."""
+    prompts = [ex.extra.get("prompt") for ex in exs for _ in range(n)]
+    extras = [{k: v for k, v in ex.extra.items() if k != "prompt"} for ex in exs for _ in range(n)]
+    return prompts, extras
+
+
+def score(rewards, traj: Trajectories, log: Callable[[str], None] = print, precomputed: dict | None = None):
+    """The reward sources on every response (``precomputed``: results of some sources already
+    computed elsewhere, by source index); the first reward errors are logged."""
+    prompts, extras = reward_inputs(traj.examples, traj.group)
+    res = rewards.score(prompts, traj.texts, extras, precomputed=precomputed) if precomputed \
+        else rewards.score(prompts, traj.texts, extras)
     for msg in res.errors[:3]:
         log(f"[rl] {msg}")
     if len(res.errors) > 3:

@@ -171,7 +171,7 @@ def finish(trainer, end: int, final_eval: dict) -> None:
                 raise
             trainer.log(f"[{name}] {e}; writing final/ anyway")
     path = None
-    with trainer.full_weights():  # FSDP: the consolidated weights, gathered on every process
+    with trainer.full_weights():  # FSDP / ZeRO-3: the consolidated weights
         if trainer.recipe.save is not None and acc.is_main_process:
             path = write_model(trainer, "final", final_eval, end)
     acc.wait_for_everyone()

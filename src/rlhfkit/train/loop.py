@@ -93,17 +93,53 @@ class Recipe:
     without it the config the CLI is running (``RUN_CONFIG``) or just the train section is used."""
 
 
+def make_accelerator():
+    """The run's ``Accelerator``. Under ``accelerate launch`` with a DeepSpeed config and no GPU
+    the accelerator is not forced onto the CPU (``Accelerator(cpu=True)`` silently falls back
+    to plain DDP) but given the gloo backend: accelerate knows no distributed backend for the
+    CPU device under DeepSpeed and would otherwise run every process as a single one
+    (DeepSpeed itself then runs on its CPU accelerator; ``DS_ACCELERATOR=cpu`` selects it)."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    if torch.cuda.is_available():
+        return Accelerator()
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and "LOCAL_RANK" in os.environ:
+        return Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    return Accelerator(cpu=True)
+
+
+def configure_deepspeed(accelerator, cfg: TrainConfig) -> bool:
+    """Whether ``accelerator`` runs DeepSpeed; if so, fill the DeepSpeed config from the train
+    section before ``prepare``: ``train_micro_batch_size_per_gpu`` = ``train.batch_size`` (the
+    loop hands accelerate no dataloader to read it from), ``gradient_accumulation_steps`` = 1
+    (the loop accumulates its micro-batches itself and marks the last one of each optimizer step
+    as DeepSpeed's boundary) and ``gradient_clipping`` = ``train.max_grad_norm`` (0 = off), which
+    override the values of an accelerate config file."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return False
+    plugin = accelerator.state.deepspeed_plugin
+    ds = plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = int(cfg.batch_size)
+    ds["gradient_accumulation_steps"] = 1
+    ds["gradient_clipping"] = float(cfg.max_grad_norm)
+    ds.pop("train_batch_size", None)  # derived by accelerate from the two above and the world size
+    plugin.gradient_accumulation_steps = 1
+    return True
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, recipe: Recipe, log: Callable[[str], None] = print):
-        from accelerate import Accelerator
-
         self.cfg, self.recipe, self.log = cfg, recipe, log
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         check_train_config(cfg)
         if cfg.return_freed_memory and not return_freed_memory():
             warnings.warn("train.return_freed_memory needs Linux with glibc; ignored", stacklevel=2)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.accelerator = make_accelerator()
+        self.deepspeed = configure_deepspeed(self.accelerator, cfg)
         torch.manual_seed(cfg.seed)
         # data parallel: train.batch_size is per process; a global micro-batch of
         # batch_size x world examples is split between the processes
@@ -118,6 +154,9 @@ class Trainer:
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
             1, math.ceil(cfg.epochs * self.micro_per_epoch / cfg.grad_accum))
         self.fsdp = fsdp.fsdp_requested(cfg)
+        if self.fsdp and self.deepspeed:
+            raise TrainingError("train.fsdp and a DeepSpeed launch both shard the model; use one: --train.fsdp false "
+                                "under DeepSpeed, or launch without the DeepSpeed config")
         if self.fsdp and recipe.iteration is not None:
             raise TrainingError(f"train.fsdp: the online recipe '{recipe.name}' samples with its own copy of the "
                                 "weights, which the sharded path does not keep yet; train it with DDP "
@@ -141,6 +180,10 @@ class Trainer:
             self.model, self.optimizer = self.accelerator.prepare(recipe.model, self.optimizer)
         if not self.accelerator.is_main_process:
             self.log = lambda *a: None  # one process speaks
+        if self.deepspeed:
+            stage = self.accelerator.state.deepspeed_plugin.zero_stage
+            self.log(f"[{recipe.name}] DeepSpeed ZeRO stage {stage} on {self.world} process(es) "
+                     f"({self.accelerator.device.type})")
         self.ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
         self.last_good: str | None = None  # the newest checkpoint known to be good
         self.lock = None
@@ -259,7 +302,8 @@ class Trainer:
         """A block in which :meth:`export_model` is the consolidated model (sharded: gathered onto the
         main process; collective, every process enters it)."""
         if self._full_copy is None:
-            yield self.export_model()
+            with self._zero3_gathered():
+                yield self.export_model()
             return
         with self._full_copy.gathered(self.model, self.accelerator.is_main_process) as view:
             self._export_view = view
@@ -290,14 +334,16 @@ class Trainer:
         if self.fsdp:
             return self._save_sharded(step)
         err = ""
-        if self.accelerator.is_main_process:
-            try:
-                self.last_good = save_checkpoint(
-                    self.ckpt_dir, step, model=self.accelerator.unwrap_model(self.model),
-                    optimizer=self.optimizer, scheduler=self.scheduler, state={"total_steps": self.total_steps},
-                    extra=self.recipe.state, keep=self.cfg.save_total_limit, export=export.checkpoint_exporter(self))
-            except TrainingError as e:
-                err = str(e)
+        with self.full_weights():
+            if self.accelerator.is_main_process:
+                try:
+                    self.last_good = save_checkpoint(
+                        self.ckpt_dir, step, model=self.accelerator.unwrap_model(self.model),
+                        optimizer=self.optimizer, scheduler=self.scheduler, state={"total_steps": self.total_steps},
+                        extra=self.recipe.state, keep=self.cfg.save_total_limit,
+                        export=export.checkpoint_exporter(self))
+                except TrainingError as e:
+                    err = str(e)
         self._agree(err)
         self.accelerator.wait_for_everyone()
 
@@ -329,6 +375,22 @@ class Trainer:
                 err = str(e)
         self._agree(err)
         self.accelerator.wait_for_everyone()
+
+    def _zero3_gathered(self):
+        """A context in which every process holds the whole weights: under DeepSpeed ZeRO-3 the
+        partitioned parameters gathered (a collective: every process enters it), else nothing."""
+        from contextlib import nullcontext
+
+        from ..models.forward import unwrap
+
+        params = [p for p in unwrap(self.model).parameters() if hasattr(p, "ds_id")] if self.deepspeed else []
+        if not params:
+            return nullcontext()
+        try:
+            import deepspeed
+        except ImportError:  # pragma: no cover - partitioned parameters come from DeepSpeed itself
+            return nullcontext()
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
     def _write_model(self, name: str, metrics: dict | None = None, step: int | None = None) -> str:
         return export.write_model(self, name, metrics, step)
@@ -517,7 +579,9 @@ class Trainer:
             raise TrainingError(f"step {step + 1}: the batch holds nothing to train on")
         loss_total, sums, weights, raw = 0.0, {}, {}, {}
         tokens = 0
-        for b, c in zip(batches, counts):
+        for i, (b, c) in enumerate(zip(batches, counts)):
+            if self.deepspeed:  # DeepSpeed steps inside backward: only after the step's last micro-batch
+                acc.gradient_state._set_sync_gradients(i == len(batches) - 1)
             out = self.recipe.step(self.model, b)
             if not isinstance(out, LossOutput):
                 raise TypeError(f"recipe '{self.recipe.name}': step() must return a LossOutput "
@@ -545,6 +609,8 @@ class Trainer:
         if self.fsdp:
             gnorm = fsdp.clip_grad_norm(params, self.cfg.max_grad_norm) if self.cfg.max_grad_norm > 0 else \
                 float(fsdp.grad_norm(params))
+        elif self.deepspeed:  # clipped and stepped by DeepSpeed in the last backward; its norm
+            gnorm = float(acc.clip_grad_norm_(params, self.cfg.max_grad_norm) or 0.0)
         elif self.cfg.max_grad_norm > 0:
             gnorm = float(acc.clip_grad_norm_(params, self.cfg.max_grad_norm))
         else:

@@ -50,7 +50,7 @@ from ..losses.objectives import PolicyLossInputs, get_policy_loss
 from ..losses.preference import PairLogps, get_preference_loss, get_preference_spec
 from ..models.forward import completion_logprobs, disable_dropout, segment_sum
 from ..models.loading import load_model
-from ..rl.config import RolloutConfig, engine_name
+from ..rl.config import RolloutConfig, engine_name, ray_options
 from ..rl.experience import (Models, Trajectories, no_grad_passes, pack_minibatches, response_mask, rollout,
                              slice_updates)
 from ..rl.rollout import SamplingParams, check_kv_cache
@@ -149,7 +149,8 @@ class NashOnline:
         check_kv_cache(model, min(cfg.rollout.batch_size, cfg.train.batch_size * cfg.train.grad_accum * self.G),
                        cfg.rollout.max_new_tokens + 1)
         self.engine = make_engine(engine_name(cfg.rollout, model), model, tokenizer,
-                                  batch_size=cfg.rollout.batch_size, runtime=cfg.runtime)
+                                  batch_size=cfg.rollout.batch_size, runtime=cfg.runtime,
+                                  ray=ray_options(cfg.rollout))
         self.renderer = Renderer(tokenizer, cfg.data.chat_template)
         self.pad_id = tokenizer.pad_token_id
         self.loss_fn = get_preference_loss(cfg.loss_type) if self.algo == "dno" else None

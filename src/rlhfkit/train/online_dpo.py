@@ -50,7 +50,7 @@ from ..models.reference import Reference
 from ..rewards.base import RewardConfig, build_rewards, reward_config_from
 from ..backends import make_engine
 from ..backends.base import RuntimeOptions
-from ..rl.config import RolloutConfig, engine_name
+from ..rl.config import RolloutConfig, engine_name, ray_options
 from ..rl.experience import rollout, score
 from ..rl.rollout import SamplingParams
 from . import dpo
@@ -190,7 +190,8 @@ class OnlineDPO:
         self.dcfg = dpo_config(cfg, reference=mode)
         self.collate = make_collate(tokenizer, cfg.data, cfg.train)
         self.engine = make_engine(engine_name(cfg.rollout, model), model, tokenizer,
-                                  batch_size=cfg.rollout.batch_size, runtime=cfg.runtime)
+                                  batch_size=cfg.rollout.batch_size, runtime=cfg.runtime,
+                                  ray=ray_options(cfg.rollout))
         self.sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                        top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=self.n,
                                        stop=list(cfg.rollout.stop))

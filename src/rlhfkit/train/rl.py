@@ -57,10 +57,10 @@ from ..rl.advantages import get_advantage
 from ..rl.batches import PolicyWithCritic, RLBatch, critic_of, policy_of  # noqa: F401  (policy_of: public API)
 from ..rl.config import (CriticConfig, GRPOConfig, PPOConfig, RLConfig, RolloutConfig,  # noqa: F401
                          engine_name, importance_level, kl_placement, loss_params, policy_loss_name,
-                         validate)  # noqa: F401  (validate: public API)
+                         ray_options, validate)  # noqa: F401  (validate: public API)
 from ..envs.base import load_environment
-from ..rl.experience import (Experience, ExperienceConfig, Models, concat, make_experience, rollout,
-                             rollout_env, rollout_metrics, score, select_groups, with_count)
+from ..rl.experience import (Experience, ExperienceConfig, Models, concat, make_experience, rollout_env,
+                             rollout_metrics, rollout_scored, select_groups, with_count)
 from ..rl.async_rollout import BackgroundRollout, decode_pending, encode_pending
 from ..rl.shaping import groups_with_spread, overlong_penalty
 from ..rl.kl_control import make_kl_controller
@@ -111,11 +111,16 @@ class OnlineRL:
         rows = min(cfg.rollout.batch_size, cfg.train.batch_size * cfg.train.grad_accum * self.G)
         check_kv_cache(model, rows, cfg.rollout.max_new_tokens + 1)
         self.engine = make_engine(engine_name(cfg.rollout, model), model, tokenizer,
-                                  batch_size=cfg.rollout.batch_size, runtime=cfg.runtime)
+                                  batch_size=cfg.rollout.batch_size, runtime=cfg.runtime,
+                                  ray=ray_options(cfg.rollout))
         self.pad_id = tokenizer.pad_token_id
         self.ptx: list[Example] = []
         self.prompts: list[Example] = []
         self.env = env if env is not None else (load_environment(cfg.env) if cfg.env else None)
+        if self.env is None and hasattr(self.engine, "attach_rewards"):  # rollout.backend=ray
+            there, here = self.engine.attach_rewards(self.rewards)
+            log(f"[rl] {len(self.engine.workers)} Ray rollout workers; rewards scored in the workers: "
+                f"{', '.join(there) or 'none'}; on the driver: {', '.join(here) or 'none'}")
         self.ptx_pos = 0
         self.state: dict = {}  # saved with every checkpoint
         self.completions = CompletionLog.for_run(cfg.train)  # train.log_completions
@@ -277,6 +282,9 @@ class OnlineRL:
             m["rollout/gen_seconds"] = traj.gen_seconds
         m["rollout/groups_with_spread"] = float(groups_with_spread(torch.tensor(res.total), self.G).sum()) \
             if self.G > 1 else 0.0
+        timings = getattr(engine if engine is not None else self.engine, "pop_timings", None)
+        if timings is not None:  # rollout.backend=ray: the step-time split of the rollout
+            m.update(timings())
         return traj, res, torch.tensor(res.total, dtype=torch.float32), m
 
     def _rollout_scores(self, exs: list[Example], row_offset: int, engine=None, generator=None):
@@ -333,8 +341,8 @@ class OnlineRL:
             return rollout_env(engine, self.tok, self.env, exs, params, max_turns=self.cfg.env_max_turns or None,
                                max_tokens=self.cfg.env_max_tokens or None, row_offset=row_offset,
                                generator=generator)
-        traj = rollout(engine, exs, params, row_offset=row_offset, generator=generator)
-        return traj, score(self.rewards, traj, self.log)
+        return rollout_scored(engine, self.rewards, exs, params, row_offset=row_offset, generator=generator,
+                              log=self.log)
 
     @torch.no_grad()
     def evaluate(self, model, evals: list[Example]) -> dict:
@@ -359,6 +367,12 @@ class OnlineRL:
             if self.ref is not None:
                 res["sampled/kl"] = self._sampled_kl(policy_of(model), traj, k)
         return res
+
+    def close(self) -> None:
+        """End what the rollout engine runs beside the trainer (the ``ray`` engine's actors)."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
 
     def _sampled_kl(self, policy, traj, k: int) -> float:
         """KL(π‖π_ref) per sequence, from the policy's own samples (the policy's tokens only)."""
@@ -467,9 +481,14 @@ def build(cfg: RLConfig, log=print, model=None, tokenizer=None, ref_model=None) 
     ga = cfg.train.grad_accum
     rl.upcoming = lambda s: ([trainer.micro_batch(k) for k in range(s * ga, (s + 1) * ga)]
                              if s < trainer.total_steps else None)
+    trainer.close_rollout = rl.close
     return trainer
 
 
 def run(cfg: RLConfig, log=print, **kw) -> dict:
     start_run(cfg.train)
-    return build(cfg, log, **kw).train()
+    trainer = build(cfg, log, **kw)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close_rollout()
