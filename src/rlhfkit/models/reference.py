@@ -142,6 +142,8 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         t = t.detach()
+        if hasattr(t, "full_tensor"):  # sharded (train.fsdp): the whole tensor (collective)
+            t = t.full_tensor()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         if t.numel():
             flat = t.cpu().contiguous().reshape(-1)

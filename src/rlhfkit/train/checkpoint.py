@@ -341,7 +341,7 @@ def load_sharded_checkpoint(path: str, *, model, optimizer, scheduler, rank: int
     err, full, rngs = "", {}, []
     try:
         full, rngs = fsdp.load_full_states(path, read)
-        params = {n for n, v in model.state_dict(keep_vars=True).items() if getattr(v, "requires_grad", False)}
+        params = fsdp.trainable_names(model)
         names = set(full["model"])
         if names != params:
             err = (f"checkpoint {path} does not match this model (e.g. '{sorted(names ^ params)[0]}'); resume "

@@ -73,8 +73,11 @@ def block_classes(model) -> set[str]:
 
 
 def shard_model(model: nn.Module, world: int, device: torch.device) -> nn.Module:
-    """``fully_shard`` on every transformer block, then on every top-level Hugging Face model (and
-    on ``model`` itself when its own forward is the one the recipe calls). In place; returns ``model``."""
+    """``fully_shard`` on every transformer block, then on ``model`` itself, whose forward the recipe
+    calls: its unit holds what is left (embeddings, final norm, heads), gathered from the forward to
+    the backward, so the chunked LM-head pass may read the head's weight after the forward. A model
+    of parts called separately (``wrap_parts``) gets one such unit per top-level Hugging Face model
+    instead. In place; returns ``model``."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from transformers import PreTrainedModel
@@ -91,12 +94,12 @@ def shard_model(model: nn.Module, world: int, device: torch.device) -> nn.Module
     for name, m in model.named_modules():  # outermost Hugging Face models (a peft wrapper's base included)
         if isinstance(m, PreTrainedModel) and not any(t == "" or name.startswith(t + ".") for t in tops):
             tops.append(name)
-    parts = getattr(model, "wrap_parts", None)
-    for name in tops:
-        if name:  # the root is sharded last
-            fully_shard(model.get_submodule(name), mesh=mesh)
-    if parts is None or "" in tops:
+    if getattr(model, "wrap_parts", None) is None or "" in tops:
         fully_shard(model, mesh=mesh)  # the recipe calls the root: its forward gathers what is left
+        return model
+    for name in tops:  # parts called one by one (policy, critic): each its own root-like unit, kept
+        # gathered from its forward to its backward (the chunked LM-head pass reads the weight in between)
+        fully_shard(model.get_submodule(name), mesh=mesh, reshard_after_forward=False)
     return model
 
 
@@ -231,9 +234,16 @@ def shard_states(model, optimizer) -> tuple[dict, dict]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     msd, osd = get_state_dict(model, optimizer, options=StateDictOptions(ignore_frozen_params=True))
+    trainable = trainable_names(model)
+    msd = {k: v for k, v in msd.items() if k in trainable}  # a frozen tied weight's second name stays out
     shapes: dict = {}
     state = {"model": _strip(msd, shapes, "/model"), "optimizer": _strip(osd, shapes, "/optimizer")}
     return state, shapes
+
+
+def trainable_names(model) -> set[str]:
+    """Every state-dict name of a trainable parameter (tied weights under each of their names)."""
+    return {k for k, v in model.state_dict(keep_vars=True).items() if getattr(v, "requires_grad", False)}
 
 
 def shard_file(rank: int, world: int) -> str:
