@@ -194,6 +194,7 @@ def test_pairwise_rounds(tiny_dir, tmp_path, studio_dir, monkeypatch):
     for step, name in enumerate(["od-round-0001", "od-round-0002"]):
         assert db.get_project(engine, name)["kind"] == "pairwise"
         assert sorted(seen[step]) == sorted(expected_pairs(engine, name))
+    assert seen[0] or seen[1]
     engine.dispose()
 
 
