@@ -209,7 +209,9 @@ def test_timeout_stops_with_a_checkpoint_and_resume_reads_the_same_project(tiny_
         human.start()
         try:
             with pytest.raises(LabelsMissing) as e:
-                online_dpo.run(config(tiny_dir, out, directory, timeout_s=3.0, min_labels=1), log=logs.append)
+                cfg = config(tiny_dir, out, directory, timeout_s=3.0, min_labels=1)
+                cfg.train.save_steps = 0  # no checkpoint every round: the stop itself writes one
+                online_dpo.run(cfg, log=logs.append)
         finally:
             human.stop.set()
             human.join(10)
@@ -232,11 +234,12 @@ def test_timeout_stops_with_a_checkpoint_and_resume_reads_the_same_project(tiny_
         assert late.error is None and len(late.labelled) == 2
     logs.clear()
     cfg = config(tiny_dir, out, directory, timeout_s=1.0, min_labels=2)
-    cfg.train.resume, cfg.train.resume_allow = True, "studio"
+    cfg.train.resume, cfg.train.resume_allow, cfg.train.save_steps = True, "studio", 0
     online_dpo.run(cfg, log=logs.append)
     text = "\n".join(logs)
     assert "studio project 'od-round-0002' was published before" in text
     assert "training on the 2/4 labelled items of 'od-round-0002'" in text
+    assert "resumed from" in text
     assert [p["name"] for p in db.list_projects(engine)] == ["od-round-0001", "od-round-0002"]
     assert [it["id"] for it in db.project_labels(engine, "od-round-0002")[1]] == round2_items  # not re-published
     assert sorted(seen[1]) == sorted(expected_pairs(engine, "od-round-0002"))
@@ -244,10 +247,10 @@ def test_timeout_stops_with_a_checkpoint_and_resume_reads_the_same_project(tiny_
     engine.dispose()
 
 
-def test_settings_are_checked(tiny_dir, tmp_path):
+def test_settings_are_checked(tiny_dir, tmp_path, studio_dir):
     def bad(match, **kw):
         studio = kw.pop("studio", {})
-        cfg = config(tiny_dir, tmp_path / "r", str(tmp_path / "s"), **studio)
+        cfg = config(tiny_dir, tmp_path / "r", studio_dir[1], **studio)
         for k, v in kw.items():
             setattr(cfg, k, v)
         with pytest.raises(ConfigError, match=match):
@@ -261,7 +264,22 @@ def test_settings_are_checked(tiny_dir, tmp_path):
     bad("studio.kind must be one of ranking, pairwise", studio={"kind": "thumbs"})
     bad("needs the studio's database", studio={"dir": ""})
     bad("set one of studio.dir and studio.db_url", studio={"db_url": "sqlite:///x.db"})
+    bad("studio.annotators: no studio account named 'nobody'", studio={"annotators": "human,nobody"})
     cfg = config(tiny_dir, tmp_path / "r", str(tmp_path / "s"), kind="pairwise")
     cfg.rollout.num_generations = 3
     with pytest.raises(ConfigError, match="rollout.num_generations 2"):
         online_dpo.build(cfg, log=lambda *a: None)
+
+
+def test_cli_stops_with_a_message_when_nobody_labels(tiny_dir, tmp_path, studio_dir, capsys):
+    from rlhfkit.cli import main
+
+    _, directory, _ = studio_dir
+    rc = main(["online-dpo", "--model.name", tiny_dir, "--task", "arithmetic", "--task_size", "8", "--task_eval_size",
+               "2", "--rounds", "1", "--prompts_per_round", "2", "--eval_samples", "0", "--rollout.num_generations",
+               "2", "--rollout.max_new_tokens", "4", "--labeller", "studio", "--studio.dir", directory,
+               "--studio.annotators", "human", "--studio.timeout_s", "0.5", "--studio.poll_s", "0.1",
+               "--train.output_dir", str(tmp_path / "run"), "--train.progress", "false", "--train.tensorboard", "false"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "round 1: 0 of 2 items of studio project 'online-dpo-round-0001' labelled after studio.timeout_s=0.5s" in err

@@ -101,13 +101,21 @@ def round_name(cfg: StudioLabellerConfig, step: int) -> str:
     return f"{cfg.project}-round-{step + 1:04d}"
 
 
-def open_studio(cfg: StudioLabellerConfig):
-    from .db import StudioError, open_db
+def open_studio(cfg: StudioLabellerConfig, p: str = "studio."):
+    """The studio database; its accounts must include ``annotators`` (checked before any sampling)."""
+    from .db import StudioError, list_users, open_db
 
     try:
-        return open_db(cfg.dir or None, cfg.db_url or None)
+        engine = open_db(cfg.dir or None, cfg.db_url or None)
     except StudioError as e:
-        raise ConfigError(f"studio: {e}") from e
+        raise ConfigError(f"{p[:-1]}: {e}") from e
+    known = {u["name"] for u in list_users(engine)}
+    missing = [a for a in cfg.names() if a not in known]
+    if missing:
+        engine.dispose()
+        raise ConfigError(f"{p}annotators: no studio account named {', '.join(repr(m) for m in missing)} (add one with "
+                          f"rlhfkit studio user add NAME --dir {cfg.dir or '... --db URL'})")
+    return engine
 
 
 def published(engine, name: str) -> bool:
@@ -163,7 +171,8 @@ def wait_for_labels(engine, cfg: StudioLabellerConfig, name: str, log=print, clo
                     sleep=time.sleep) -> tuple[dict, list[dict], dict[int, list[dict]], bool]:
     """Poll until every item has ``cfg.overlap`` labels or ``cfg.timeout_s`` passed;
     (project, items, votes, complete)."""
-    start = last_log = clock()
+    start = clock()
+    last_log = None
     while True:
         p, items, votes = read_labels(engine, name)
         done = sum(len(votes.get(it["id"], [])) >= cfg.overlap for it in items)
@@ -172,7 +181,7 @@ def wait_for_labels(engine, cfg: StudioLabellerConfig, name: str, log=print, clo
         now = clock()
         if now - start >= cfg.timeout_s:
             return p, items, votes, False
-        if now - last_log >= 60 or now == start:
+        if last_log is None or now - last_log >= 60:
             log(f"[online-dpo] waiting for labels of studio project '{name}': {done}/{len(items)} items complete "
                 f"({cfg.overlap} label(s) each), {max(0.0, cfg.timeout_s - (now - start)):.0f}s left")
             last_log = now

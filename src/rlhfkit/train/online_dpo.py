@@ -259,7 +259,9 @@ class OnlineDPO:
             if self.studio is not None:
                 human_loop.publish(self.studio, sc, name, records, seed=self.cfg.train.seed * 100_003 + step)
                 self.log(f"[online-dpo] round {step + 1}: published {len(records)} items to studio project "
-                         f"'{name}' ({sc.kind}); waiting for labels (timeout {sc.timeout_s:g}s)")
+                         f"'{name}' ({sc.kind}); waiting for labels (timeout {sc.timeout_s:g}s)"
+                         + ("" if sc.names() else "; no annotator is assigned (studio.annotators): assign some "
+                            f"with rlhfkit studio project assign {name} --users NAME,..."))
         else:
             m["rollout/gen_tokens_per_s"] = 0.0
             self.log(f"[online-dpo] round {step + 1}: studio project '{name}' was published before; reading its "
