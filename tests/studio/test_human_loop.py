@@ -6,13 +6,16 @@ publication) and trains on what is labelled; bad settings."""
 
 import json
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import httpx
 import pytest
 import torch
-from studio_helpers import auth, live_server
+from studio_helpers import SRC, live_server
 
 from rlhfkit.config import ModelConfig, TrainConfig
 from rlhfkit.errors import ConfigError
@@ -283,3 +286,47 @@ def test_cli_stops_with_a_message_when_nobody_labels(tiny_dir, tmp_path, studio_
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert "round 1: 0 of 2 items of studio project 'online-dpo-round-0001' labelled after studio.timeout_s=0.5s" in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo launch tested on Linux")
+def test_two_processes_publish_once_and_train_like_one(tiny_dir, tmp_path, studio_dir):
+    """torchrun, 2 processes × 2 prompts against 1 process × 4 prompts (the rollouts are
+    batch-invariant): the main process alone publishes each round (one project, 4 items, the same
+    samples as the single process drew), the labels reach both processes, and the losses match."""
+    engine, directory, tokens = studio_dir
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [os.path.abspath(SRC)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    args = ["-m", "rlhfkit.cli", "online-dpo", "--model.name", tiny_dir, "--task", "arithmetic", "--task_size", "16",
+            "--task_eval_size", "0", "--rounds", "2", "--rollout.num_generations", "3", "--rollout.max_new_tokens", "6",
+            "--labeller", "studio", "--studio.dir", directory, "--studio.annotators", "human",
+            "--studio.timeout_s", "300", "--studio.poll_s", "0.1", "--train.lr", "1e-3", "--train.threads", "1",
+            "--train.progress", "false", "--train.tensorboard", "false"]
+    runs = {"one": ([sys.executable], "4", "4"),
+            "two": ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], "2", "2")}
+    with live_server(engine) as url:
+        human = Human(url, tokens["human"])
+        human.start()
+        try:
+            for name, (pre, prompts, batch) in runs.items():
+                p = subprocess.run(pre + args + ["--studio.project", name, "--prompts_per_round", prompts,
+                                                 "--train.batch_size", batch, "--train.output_dir",
+                                                 str(tmp_path / name)], capture_output=True, text=True, env=env,
+                                   timeout=600)
+                assert p.returncode == 0, p.stderr[-3000:]
+        finally:
+            human.stop.set()
+            human.join(10)
+    assert human.error is None, human.error
+    names = [p["name"] for p in db.list_projects(engine)]
+    assert names == ["one-round-0001", "one-round-0002", "two-round-0001", "two-round-0002"]
+    for r in ("0001", "0002"):
+        a = db.project_labels(engine, f"one-round-{r}")[1]
+        b = db.project_labels(engine, f"two-round-{r}")[1]
+        assert [(x["prompt"], x["responses"]) for x in a] == [(x["prompt"], x["responses"]) for x in b]
+    curves = {}
+    for name in runs:
+        recs = [json.loads(x) for x in open(tmp_path / name / "metrics.jsonl")]
+        curves[name] = [x for r in recs if "train/loss" in r for x in (r["rollout/pairs"], r["train/loss"])]
+    assert len(curves["one"]) == 4 and curves["two"] == pytest.approx(curves["one"], abs=1e-5)
+    assert curves["one"][3] != pytest.approx(math.log(2), abs=1e-6)  # round 2 trained a policy that had moved
+    engine.dispose()

@@ -215,7 +215,8 @@ class OnlineDPO:
         self.completions = CompletionLog.for_run(cfg.train)  # train.log_completions: every N rounds
         self.state: dict = {}  # saved with every checkpoint (bco_pair's running mean)
         self.trainer = None  # set by build(): a round stopped for want of labels checkpoints through it
-        self.studio = human_loop.open_studio(cfg.studio) if cfg.labeller == "studio" and dist_rank() == 0 else None
+        # the studio database (every process checks the settings; only the main one publishes and waits)
+        self.studio = human_loop.open_studio(cfg.studio) if cfg.labeller == "studio" else None
 
     # ----------------------------------------------------------------- one round
     def iteration(self, model, micro_batches: list, step: int, update) -> dict:
@@ -246,7 +247,8 @@ class OnlineDPO:
         """rollout -> a studio project -> people's labels -> best-vs-worst pairs (every process
         gets them all). A restarted round reads the project it published before."""
         sc, name = self.cfg.studio, human_loop.round_name(self.cfg.studio, step)
-        found = _from_main(human_loop.published(self.studio, name) if self.studio is not None else None)
+        main = dist_rank() == 0  # (the process group exists once the loop runs, not yet in __init__)
+        found = _from_main(human_loop.published(self.studio, name) if main else None)
         m = {"rollout/prompts": float(len(exs) * dist_world())}
         if not found:
             traj = rollout(self.engine, exs, self.sampling, row_offset=dist_rank() * len(exs) * self.n)
@@ -256,7 +258,7 @@ class OnlineDPO:
             m["rollout/gen_tokens_per_s"] = traj.num_tokens / max(traj.gen_seconds, 1e-9)
             records = gather_pairs(human_loop.round_records(exs, traj.completion_ids, traj.texts, self.n,
                                                             self.tok.decode))
-            if self.studio is not None:
+            if main:
                 human_loop.publish(self.studio, sc, name, records, seed=self.cfg.train.seed * 100_003 + step)
                 self.log(f"[online-dpo] round {step + 1}: published {len(records)} items to studio project "
                          f"'{name}' ({sc.kind}); waiting for labels (timeout {sc.timeout_s:g}s)"
@@ -267,7 +269,7 @@ class OnlineDPO:
             self.log(f"[online-dpo] round {step + 1}: studio project '{name}' was published before; reading its "
                      "labels (no new samples)")
         out = None
-        if self.studio is not None:
+        if main:
             t0 = time.monotonic()
             p, items, votes, complete = human_loop.wait_for_labels(self.studio, sc, name, self.log)
             pairs, labelled = human_loop.label_pairs(p["kind"], items, votes, self.n)
