@@ -13,6 +13,12 @@ Two modes, chosen by the config:
   probability σ(r_a − r_b) of a winning, binned into a reliability table (predicted vs
   observed frequency per bin) with the expected calibration error.
 
+* **human** (``human: studio://DIR::PROJECT``): read a blind A/B human evaluation made with
+  ``rlhfkit studio humaneval`` and report the human win-rate of model A over B (ties ½) with its
+  95 % Wilson interval over prompts, agreement and position bias; with reward sources
+  (``rewards`` / ``reward_model``) the reward win-rate on the same responses beside it — the
+  over-optimisation check (:mod:`rlhfkit.studio.humaneval`, docs/algorithms.md#human-win-rate).
+
 With ``tax: true`` (policy mode) the policy is also compared with its starting model
 (``reference``) on held-out capability data: token NLL on held-out text and greedy exact match on
 a verifiable task (``tax_task``), each with the drop and a 95 % paired-bootstrap interval

@@ -330,3 +330,42 @@ def test_two_processes_publish_once_and_train_like_one(tiny_dir, tmp_path, studi
     assert len(curves["one"]) == 4 and curves["two"] == pytest.approx(curves["one"], abs=1e-5)
     assert curves["one"][3] != pytest.approx(math.log(2), abs=1e-6)  # round 2 trained a policy that had moved
     engine.dispose()
+
+
+@pytest.mark.skipif(not hasattr(os, "kill") or sys.platform == "win32", reason="needs POSIX signals")
+def test_sigterm_while_waiting_stops_at_once_with_a_checkpoint(tiny_dir, tmp_path, studio_dir):
+    import signal
+
+    from rlhfkit.errors import Preempted
+
+    engine, directory, tokens = studio_dir
+
+    def terminate_once_round_2_is_published():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if "od-round-0002" in [p["name"] for p in db.list_projects(engine)]:
+                os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler only sets a flag
+                return
+            time.sleep(0.05)
+
+    with live_server(engine) as url:
+        human = Human(url, tokens["human"], allowed=lambda name: name == "od-round-0001")
+        human.start()
+        killer = threading.Thread(target=terminate_once_round_2_is_published, daemon=True)
+        killer.start()
+        cfg = config(tiny_dir, tmp_path / "run", directory, timeout_s=600.0)
+        cfg.train.save_steps = 0
+        t0 = time.time()
+        try:
+            with pytest.raises(Preempted, match="terminated by SIGTERM while round 2 waited for the labels of studio "
+                                                "project 'od-round-0002' .0 of 4 items labelled.; checkpoint after "
+                                                "round 1"):
+                online_dpo.run(cfg, log=lambda *a: None)
+        finally:
+            human.stop.set()
+            human.join(10)
+            killer.join(10)
+    assert time.time() - t0 < 120  # not the 600 s timeout
+    from rlhfkit.train.checkpoint import latest_checkpoint
+    assert latest_checkpoint(str(tmp_path / "run" / "checkpoints"), lambda *a: None) is not None
+    engine.dispose()

@@ -13,7 +13,8 @@ sampling or publishing again.
 The trainer polls the project every ``studio.poll_s`` seconds until every item holds
 ``studio.overlap`` labels or ``studio.timeout_s`` has passed; then, if at least
 ``studio.min_labels`` items are labelled, it trains on them, else it stops with a checkpoint of
-the finished rounds and a message (label more, then resume). Labels become pairs by the
+the finished rounds and a message (label more, then resume). SIGTERM while waiting stops the
+wait at once, the same way (exit status 143, as for any preempted run). Labels become pairs by the
 studio's majority aggregation (:func:`.export.aggregate_item`): per item the response with the
 best aggregated score against the one with the worst (pairwise: the majority winner against the
 loser); items whose aggregate is a tie or "both bad" give no pair (docs/algorithms.md#online-dpo).
@@ -168,9 +169,9 @@ def read_labels(engine, name: str) -> tuple[dict, list[dict], dict[int, list[dic
 
 
 def wait_for_labels(engine, cfg: StudioLabellerConfig, name: str, log=print, clock=time.monotonic,
-                    sleep=time.sleep) -> tuple[dict, list[dict], dict[int, list[dict]], bool]:
-    """Poll until every item has ``cfg.overlap`` labels or ``cfg.timeout_s`` passed;
-    (project, items, votes, complete)."""
+                    sleep=time.sleep, interrupted=lambda: False) -> tuple[dict, list[dict], dict[int, list[dict]], bool]:
+    """Poll until every item has ``cfg.overlap`` labels, ``cfg.timeout_s`` passed or
+    ``interrupted()`` (e.g. SIGTERM); (project, items, votes, complete)."""
     start = clock()
     last_log = None
     while True:
@@ -179,13 +180,13 @@ def wait_for_labels(engine, cfg: StudioLabellerConfig, name: str, log=print, clo
         if done == len(items):
             return p, items, votes, True
         now = clock()
-        if now - start >= cfg.timeout_s:
+        if now - start >= cfg.timeout_s or interrupted():
             return p, items, votes, False
         if last_log is None or now - last_log >= 60:
             log(f"[online-dpo] waiting for labels of studio project '{name}': {done}/{len(items)} items complete "
                 f"({cfg.overlap} label(s) each), {max(0.0, cfg.timeout_s - (now - start)):.0f}s left")
             last_log = now
-        sleep(min(cfg.poll_s, max(0.0, cfg.timeout_s - (now - start))))
+        sleep(min(cfg.poll_s, max(0.0, cfg.timeout_s - (now - start)), 1.0))
 
 
 def label_pairs(kind: str, items: list[dict], votes: dict[int, list[dict]], n: int) -> tuple[list[Example], int]:

@@ -50,7 +50,7 @@ import torch
 
 from ..config import DataConfig, ModelConfig, TrainConfig, check_range, validate_all
 from ..data.tokenize import Example
-from ..errors import ConfigError
+from ..errors import ConfigError, Preempted
 from ..models.forward import disable_dropout, unwrap
 from ..models.loading import load_model
 from ..models.reference import Reference
@@ -271,12 +271,15 @@ class OnlineDPO:
         out = None
         if main:
             t0 = time.monotonic()
-            p, items, votes, complete = human_loop.wait_for_labels(self.studio, sc, name, self.log)
+            term = lambda: bool(getattr(self.trainer, "_term", False))  # noqa: E731 - SIGTERM seen by the loop
+            p, items, votes, complete = human_loop.wait_for_labels(self.studio, sc, name, self.log, interrupted=term)
             pairs, labelled = human_loop.label_pairs(p["kind"], items, votes, self.n)
-            out = {"pairs": pairs, "labelled": labelled, "items": len(items), "complete": complete,
+            out = {"pairs": pairs, "labelled": labelled, "items": len(items), "complete": complete, "term": term(),
                    "labels": sum(len(v) for v in votes.values()), "wait_s": time.monotonic() - t0}
         out = _from_main(out)
         pairs = out["pairs"]
+        if out["term"]:
+            self._stop_for_labels(step, name, out, sigterm=True)
         if not out["complete"]:
             if out["labelled"] < sc.min_labels:
                 self._stop_for_labels(step, name, out)
@@ -287,14 +290,19 @@ class OnlineDPO:
                   "studio/wait_s": out["wait_s"]})
         return pairs, m
 
-    def _stop_for_labels(self, step: int, name: str, out: dict) -> None:
-        """Too few labels after the timeout: checkpoint the finished rounds (if not already) and stop."""
+    def _stop_for_labels(self, step: int, name: str, out: dict, sigterm: bool = False) -> None:
+        """Too few labels after the timeout, or SIGTERM while waiting: checkpoint the finished
+        rounds (if not already) and stop; a resumed run reads the same project."""
         tr, saved = self.trainer, ""
         if tr is not None and step > 0:
             every = tr.cfg.save_steps
             if not (every and step % every == 0):
                 tr._save(step)
             saved = f"; checkpoint after round {step}: {tr.last_good}"
+        if sigterm:
+            raise Preempted(f"terminated by SIGTERM while round {step + 1} waited for the labels of studio project "
+                            f"'{name}' ({out['labelled']} of {out['items']} items labelled){saved}; continue with "
+                            "--train.resume true (the round reads the same project and its labels)")
         raise human_loop.LabelsMissing(
             f"round {step + 1}: {out['labelled']} of {out['items']} items of studio project '{name}' labelled after "
             f"studio.timeout_s={self.cfg.studio.timeout_s:g}s, fewer than studio.min_labels="
