@@ -184,3 +184,27 @@ def test_humaneval_command_on_tiny_models(tiny_dir, tmp_path, capsys):
     assert main(["studio", "humaneval", "he2", "--model_a", tiny_dir, "--model_b", tiny_dir, "--prompts", prompts,
                  "--dir", directory]) == 2
     assert "same model" in capsys.readouterr().err
+
+
+def test_eval_human_with_a_trained_reward_model(judged, tiny_dir, tmp_path):
+    """``--reward_model DIR`` (a reward model trained by ``rlhfkit rm``) scores the same two
+    responses per prompt; its win rate is the mean of 1 / ½ / 0 over its own score comparisons."""
+    from rlhfkit.rewards.model import RewardModel
+    from rlhfkit.tasks.arithmetic import make_problems, preference_rows
+
+    directory, _ = judged
+    data = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(make_problems(8, seed=1), seed=0))
+    rm_dir = tmp_path / "rm"
+    assert main(["rm", "--model.name", tiny_dir, "--data.path", data, "--data.max_length", "96",
+                 "--train.batch_size", "4", "--train.max_steps", "1", "--train.progress", "false",
+                 "--train.tensorboard", "false", "--train.save_steps", "0", "--train.output_dir", str(rm_dir)]) == 0
+    res = eval_run(EvalConfig(human=f"studio://{directory}::he", reward_model=str(rm_dir / "final"),
+                              output_dir=str(tmp_path / "ev")), log=lambda *a: None)
+    recs = he_records()
+    rm = RewardModel.load(str(rm_dir / "final"))
+    a = [r["responses"][r["meta"]["models"].index("mA")] for r in recs]
+    b = [r["responses"][r["meta"]["models"].index("mB")] for r in recs]
+    sa, sb = rm.score([r["prompt"] for r in recs], a), rm.score([r["prompt"] for r in recs], b)
+    want = sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(sa, sb)) / len(recs)
+    assert res["reward_win_rate"]["win_rate"] == pytest.approx(want) and res["reward_win_rate"]["n"] == 6
+    assert res["human"]["win_rate"] == pytest.approx(5.5 / 6)
