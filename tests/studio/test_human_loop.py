@@ -65,7 +65,8 @@ class Human(threading.Thread):
                             continue
                         while (self.limit is None or len(self.labelled) < self.limit) and \
                                 (it := c.get(f"/api/projects/{p['name']}/next").json()["item"]) is not None:
-                            r = c.post(f"/api/projects/{p['name']}/items/{it['id']}/label", json=self.label(it["responses"]))
+                            r = c.post(f"/api/projects/{p['name']}/items/{it['id']}/label",
+                                       json=self.label(it["responses"]))
                             assert r.status_code == 201, r.text
                             self.labelled.append((p["name"], it["id"]))
                             busy = True
@@ -282,7 +283,8 @@ def test_cli_stops_with_a_message_when_nobody_labels(tiny_dir, tmp_path, studio_
                "2", "--rounds", "1", "--prompts_per_round", "2", "--eval_samples", "0", "--rollout.num_generations",
                "2", "--rollout.max_new_tokens", "4", "--labeller", "studio", "--studio.dir", directory,
                "--studio.annotators", "human", "--studio.timeout_s", "0.5", "--studio.poll_s", "0.1",
-               "--train.output_dir", str(tmp_path / "run"), "--train.progress", "false", "--train.tensorboard", "false"])
+               "--train.output_dir", str(tmp_path / "run"), "--train.progress", "false",
+               "--train.tensorboard", "false"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert "round 1: 0 of 2 items of studio project 'online-dpo-round-0001' labelled after studio.timeout_s=0.5s" in err

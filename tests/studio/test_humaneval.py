@@ -72,7 +72,8 @@ def label_over_http(url, token, prefer, project="he"):
     with httpx.Client(base_url=url, headers=auth(token), timeout=30) as c:
         while (it := c.get(f"/api/projects/{project}/next").json()["item"]) is not None:
             shown[it["prompt"]] = it["responses"]
-            r = c.post(f"/api/projects/{project}/items/{it['id']}/label", json={"choice": prefer(it["prompt"], it["responses"])})
+            r = c.post(f"/api/projects/{project}/items/{it['id']}/label",
+                       json={"choice": prefer(it["prompt"], it["responses"])})
             assert r.status_code == 201, r.text
     return shown
 

@@ -169,7 +169,8 @@ def read_labels(engine, name: str) -> tuple[dict, list[dict], dict[int, list[dic
 
 
 def wait_for_labels(engine, cfg: StudioLabellerConfig, name: str, log=print, clock=time.monotonic,
-                    sleep=time.sleep, interrupted=lambda: False) -> tuple[dict, list[dict], dict[int, list[dict]], bool]:
+                    sleep=time.sleep, interrupted=lambda: False
+                    ) -> tuple[dict, list[dict], dict[int, list[dict]], bool]:
     """Poll until every item has ``cfg.overlap`` labels, ``cfg.timeout_s`` passed or
     ``interrupted()`` (e.g. SIGTERM); (project, items, votes, complete)."""
     start = clock()

@@ -399,6 +399,7 @@ def build(cfg: OnlineDPOConfig, log=print, model=None, tokenizer=None) -> Traine
         save=lambda m, path: save_model(m, tokenizer, path, cfg.model.lora, cfg))
     trainer = Trainer(loop_cfg, recipe, log)
     od.trainer = trainer
+
     def close():
         rewards.close()
         if od.studio is not None:
