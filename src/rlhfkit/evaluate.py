@@ -13,6 +13,12 @@ Two modes, chosen by the config:
   probability σ(r_a − r_b) of a winning, binned into a reliability table (predicted vs
   observed frequency per bin) with the expected calibration error.
 
+* **human** (``human: studio://DIR::PROJECT``): read a blind A/B human evaluation made with
+  ``rlhfkit studio humaneval`` and report the human win-rate of model A over B (ties ½) with its
+  95 % Wilson interval over prompts, agreement and position bias; with reward sources
+  (``rewards`` / ``reward_model``) the reward win-rate on the same responses beside it — the
+  over-optimisation check (:mod:`rlhfkit.studio.humaneval`, docs/algorithms.md#human-win-rate).
+
 With ``tax: true`` (policy mode) the policy is also compared with its starting model
 (``reference``) on held-out capability data: token NLL on held-out text and greedy exact match on
 a verifiable task (``tax_task``), each with the drop and a 95 % paired-bootstrap interval
@@ -53,7 +59,13 @@ class EvalConfig:
     reference: str = ""
     """Model to compare against (win-rate, KL); empty = report the policy alone."""
     reward_model: str = ""
-    """Evaluate this reward model on preference pairs instead of a policy."""
+    """Evaluate this reward model on preference pairs instead of a policy (with ``human``: the
+    reward model whose win rate is reported beside the humans')."""
+    human: str = ""
+    """A human evaluation to read instead of generating: ``studio://DIR::PROJECT`` (a project of
+    ``rlhfkit studio humaneval``); reports the human win rate of model A over B with its 95 %
+    Wilson interval, and with ``rewards`` / ``reward_model`` the reward sources' win rate on the
+    same responses (docs/algorithms.md#human-win-rate)."""
     data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(max_length=1024, max_prompt_length=512))
     task: str = ""
     """'arithmetic' = the built-in task's problems instead of a data file."""
@@ -91,6 +103,10 @@ class EvalConfig:
         check_range(p + "task_size", self.task_size, lo=1)
         check_range(p + "batch_size", self.batch_size, lo=1)
         check_choice(p + "tax_task", self.tax_task, TAX_TASKS)
+        if self.human and not self.human.startswith("studio://"):
+            raise ConfigError(f"{p}human must be a studio project, studio://DIR::PROJECT (got {self.human!r})")
+        if self.human and self.tax:
+            raise ConfigError(f"{p}human reads judgements already made; tax generates: run them separately")
         if self.tax and self.reward_model:
             raise ConfigError(f"{p}tax measures a policy against its starting model; it does not apply to "
                               "reward_model evaluation (drop one of them)")
@@ -276,6 +292,78 @@ def _mean(vals: list[float]) -> float:
     return sum(ok) / len(ok) if ok else float("nan")
 
 
+# ------------------------------------------------------------------------ human-evaluation mode
+def _text(x) -> str:
+    """A response as text (a conversational response: its messages' content)."""
+    if isinstance(x, list):
+        return "".join(m.get("content", "") for m in x if isinstance(m, dict))
+    return str(x)
+
+
+def evaluate_human(cfg: EvalConfig, log=print) -> dict:
+    """Human win rate of a studio human evaluation (:mod:`rlhfkit.studio.humaneval`) and, with
+    reward sources, their win rate of A over B on the same prompts and responses."""
+    from .studio.db import StudioError, open_db
+    from .studio.export import parse_studio_path
+    from .studio.humaneval import human_win_rate
+
+    directory, url, project, opts = parse_studio_path(cfg.human)
+    if opts:
+        raise ConfigError(f"human: studio:// options ({', '.join(opts)}) do not apply to a human evaluation")
+    try:
+        engine = open_db(directory, url)
+    except StudioError as e:
+        raise ConfigError(f"human: {e}") from e
+    try:
+        h = human_win_rate(engine, project)
+    finally:
+        engine.dispose()
+    items, item_scores = h.pop("_items"), h.pop("_item_scores")
+    out: dict = {"human": h}
+    sources = list(cfg.rewards) + ([RewardConfig(type="model", path=cfg.reward_model)] if cfg.reward_model else [])
+    if sources:
+        rewards = build_rewards([reward_config_from(r) for r in sources])
+        try:
+            ia = [it["meta"]["models"].index(h["model_a"]) for it in items]
+            prompts = [it["prompt"] for it in items]
+            sa = rewards.score(prompts, [_text(it["responses"][i]) for it, i in zip(items, ia)])
+            sb = rewards.score(prompts, [_text(it["responses"][1 - i]) for it, i in zip(items, ia)])
+            for msg in (sa.errors + sb.errors)[:3]:
+                log(f"[eval] {msg}")
+        finally:
+            rewards.close()
+        out["reward_win_rate"] = win_rate(sa.total, sb.total)
+        # the prompts humans did not call a draw: how often the reward sources prefer the same side
+        decided = [(x, a, b) for x, a, b in zip(item_scores, sa.total, sb.total) if x != 0.5]
+        agree = [1.0 if (a > b) == (x > 0.5) and a != b else 0.0 for x, a, b in decided]
+        out["reward_human_agreement"] = {"rate": sum(agree) / len(agree) if agree else float("nan"),
+                                         "n": len(agree)}
+    return out
+
+
+def human_lines(res: dict) -> list[str]:
+    h = res["human"]
+    lines = [f"human evaluation '{h['project']}': A = {h['model_a']}, B = {h['model_b']}",
+             f"human win-rate A over B   {h['win_rate']:.3f}  (95% Wilson CI {h['ci_low']:.3f}-{h['ci_high']:.3f}, "
+             f"{h['n']} prompts, {h['n_labels']} labels: A {h['wins_a']}, B {h['wins_b']}, ties {h['ties']})"]
+    pb = h.get("position_bias")
+    if pb:
+        lines.append(f"position bias             {json.dumps(pb)}")
+    ag = h.get("agreement") or {}
+    if ag.get("available"):
+        keys = [k for k in ("cohen_kappa", "fleiss_kappa", "krippendorff_alpha") if ag.get(k) is not None]
+        if keys:
+            lines.append("agreement                 " + "  ".join(f"{k} {ag[k]:.3f}" for k in keys
+                                                                   if isinstance(ag[k], (int, float))))
+    if "reward_win_rate" in res:
+        w = res["reward_win_rate"]
+        lines.append(f"reward win-rate A over B  {w['win_rate']:.3f}  (95% CI {w['ci_low']:.3f}-{w['ci_high']:.3f}, "
+                     f"{w['n']} prompts, {w['ties']} ties)")
+        r = res["reward_human_agreement"]
+        lines.append(f"reward agrees with humans {r['rate']:.3f} of {r['n']} prompts humans decided")
+    return lines
+
+
 # ------------------------------------------------------------------------ reward-model mode
 def evaluate_reward_model(cfg: EvalConfig, log=print) -> dict:
     from .rewards.model import RewardModel
@@ -295,6 +383,8 @@ def evaluate_reward_model(cfg: EvalConfig, log=print) -> dict:
 
 # ------------------------------------------------------------------------ entry point
 def table(res: dict) -> str:
+    if "human" in res:
+        return "\n".join(human_lines(res))
     if "accuracy" in res:
         lines = [f"pairs {res['n_pairs']}  accuracy {res['accuracy']:.3f}  margin {res['margin']:.3f}  "
                  f"ECE {res['ece']:.3f}", "predicted bin   n   mean predicted   observed"]
@@ -327,7 +417,10 @@ def run(cfg: EvalConfig, log=print) -> dict:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     validate_all(cfg)  # a hand-built config is checked like a parsed one, before any model is loaded
-    res = evaluate_reward_model(cfg, log) if cfg.reward_model else evaluate_policy(cfg, log)
+    if cfg.human:
+        res = evaluate_human(cfg, log)
+    else:
+        res = evaluate_reward_model(cfg, log) if cfg.reward_model else evaluate_policy(cfg, log)
     os.makedirs(cfg.output_dir, exist_ok=True)
     path = os.path.join(cfg.output_dir, "eval.json")
     with open(path, "w") as f:

@@ -3,7 +3,9 @@
 Modules: :mod:`.db` (SQLAlchemy storage, schema versions), :mod:`.server` (FastAPI app),
 :mod:`.importers` (items from trainer files, Label Studio, Argilla, or sampled from models),
 :mod:`.export` (aggregation, trainer rows, ``studio://`` data paths), :mod:`.progress` (admin
-progress; agreement from :mod:`.agreement` when present), :mod:`.cli`.
+progress; agreement from :mod:`.agreement` when present), :mod:`.humaneval` (blind A/B human
+evaluation of two models, read by ``rlhfkit eval --human``), :mod:`.human_loop` (people as the
+labeller of ``rlhfkit online-dpo --labeller studio``), :mod:`.cli`.
 
 HTTP API (JSON bodies; ``Authorization: Bearer TOKEN`` or the cookie set by ``/api/login``;
 401 = no/unknown/expired token, 403 = not assigned / not an admin, 404 = unknown project or

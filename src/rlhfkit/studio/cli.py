@@ -67,6 +67,21 @@ def parser() -> argparse.ArgumentParser:
     pp.add_argument("name")
     _where(pp)
 
+    he = sub.add_parser("humaneval", help="blind A/B human evaluation of two models on a prompt file "
+                        "(rlhfkit eval --human studio://DIR::NAME reads the result)")
+    he.add_argument("name")
+    he.add_argument("--model_a", "--model-a", required=True, help="model A (its win rate is reported)")
+    he.add_argument("--model_b", "--model-b", required=True, help="model B, e.g. A's reference")
+    he.add_argument("--prompts", required=True, help="prompt rows (prompt-only trainer format)")
+    he.add_argument("--rows", default=None, help="row range 'start:stop' of the prompt file")
+    he.add_argument("--guidelines", default=None, help="file with the guidelines shown beside each item")
+    he.add_argument("--overlap", type=int, default=1, help="annotators per item (default 1)")
+    he.add_argument("--assign", default="", help="comma-separated annotator names")
+    he.add_argument("--seed", type=int, default=0, help="seed of the sampling and the per-annotator order")
+    he.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=64)
+    he.add_argument("--temperature", type=float, default=1.0)
+    _where(he)
+
     ex = sub.add_parser("export", help="write a project's labels in a trainer format")
     ex.add_argument("project")
     ex.add_argument("--format", default="pairs", choices=("pairs", "listwise", "unpaired"))
@@ -88,7 +103,7 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     from . import db
 
-    if args.cmd == "user" or args.cmd == "project" or args.cmd == "export" or args.cmd == "serve":
+    if args.cmd in ("user", "project", "export", "serve", "humaneval"):
         if not args.dir and not args.db:
             raise db.StudioError("give --dir DIR (the studio directory) or --db URL")
     engine = db.open_db(args.dir, args.db)
@@ -120,6 +135,8 @@ def main(argv: list[str]) -> int:
         elif args.cmd == "project" and args.pcmd == "progress":
             from .progress import project_progress
             print(json.dumps(project_progress(engine, args.name), indent=1))
+        elif args.cmd == "humaneval":
+            _humaneval(engine, args)
         elif args.cmd == "export":
             from .export import export_rows, write_jsonl
             stats: dict = {}
@@ -131,6 +148,37 @@ def main(argv: list[str]) -> int:
     finally:
         engine.dispose()
     return 0
+
+
+def _guidelines(path: str | None) -> str:
+    from . import db
+
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise db.StudioError(f"cannot read guidelines file: {e}") from e
+
+
+def _humaneval(engine, args) -> None:
+    from . import db
+    from .humaneval import create_humaneval
+
+    if args.overlap < 1:
+        raise db.StudioError(f"--overlap must be >= 1 (got {args.overlap})")
+    if args.max_new_tokens < 1:
+        raise db.StudioError(f"--max_new_tokens must be >= 1 (got {args.max_new_tokens})")
+    if args.temperature < 0:
+        raise db.StudioError(f"--temperature must be >= 0 (got {args.temperature})")
+    create_humaneval(engine, args.name, args.model_a, args.model_b, args.prompts, rows=args.rows,
+                     overlap=args.overlap, assign=_csv(args.assign), seed=args.seed,
+                     guidelines=_guidelines(args.guidelines), max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature)
+    where = f"studio://{args.dir}::{args.name}" if args.dir else f"studio://{args.name}"
+    print(f"human evaluation '{args.name}' created: {args.model_a} (A) vs {args.model_b} (B), shown blind in a "
+          f"per-annotator order; results: rlhfkit eval --human {where}")
 
 
 def _create(engine, args) -> None:

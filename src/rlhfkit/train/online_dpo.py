@@ -14,6 +14,12 @@ One round is one step of the loop (:class:`~.loop.Trainer`) and reads top to bot
             update(minibatch)                       # one optimizer step of the DPO-family loss
             engine.update_weights(policy)           # the sampler follows the new weights
 
+With ``labeller: studio`` people label the samples instead (:mod:`rlhfkit.studio.human_loop`):
+each round is published as a studio project (ranking of the n samples per prompt, or pairwise),
+the main process waits for the labels (``studio.timeout_s``, ``studio.min_labels``), and the
+majority-aggregated labels give the best-vs-worst pairs; the reward sources then only score the
+evaluation.
+
 Each round takes the loop's next ``prompts_per_round`` training prompts (per process; a fresh
 shuffle each pass over the prompts, from ``train.seed``) and samples ``rollout.num_generations``
 responses per prompt with the rollout engine (``rollout.backend``), scores them with the
@@ -38,12 +44,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import time
 
 import torch
 
 from ..config import DataConfig, ModelConfig, TrainConfig, check_range, validate_all
 from ..data.tokenize import Example
-from ..errors import ConfigError
+from ..errors import ConfigError, Preempted
 from ..models.forward import disable_dropout, unwrap
 from ..models.loading import load_model
 from ..models.reference import Reference
@@ -53,6 +60,7 @@ from ..backends.base import RuntimeOptions
 from ..rl.config import RolloutConfig, engine_name, ray_options
 from ..rl.experience import rollout, score
 from ..rl.rollout import SamplingParams
+from ..studio import human_loop
 from . import dpo
 from .common import LossOutput, dist_rank, dist_world, make_collate, save_model
 from .completions import CompletionLog
@@ -74,7 +82,13 @@ class OnlineDPOConfig:
     task_size: int = 512
     task_eval_size: int = 64
     rewards: list[RewardConfig] = dataclasses.field(default_factory=lambda: [RewardConfig()])
-    """The labeller: reward sources whose weighted sum ranks the sampled responses."""
+    """The labeller: reward sources whose weighted sum ranks the sampled responses (with
+    ``labeller: studio``: the evaluation's scores only)."""
+    labeller: str = "rewards"
+    """rewards (the reward sources rank each round's samples) | studio (people rank them in
+    ``rlhfkit studio``; settings under ``studio``)."""
+    studio: human_loop.StudioLabellerConfig = dataclasses.field(default_factory=human_loop.StudioLabellerConfig)
+    """Where and how people label each round (``labeller: studio``; docs/algorithms.md#online-dpo)."""
     rollout: RolloutConfig = dataclasses.field(default_factory=lambda: RolloutConfig(num_generations=4))
     runtime: RuntimeOptions = dataclasses.field(default_factory=RuntimeOptions)
     """The sampler's performance switches (packed weights, lean decoder, shared prefill, sampler_dtype)."""
@@ -97,6 +111,10 @@ def validate(cfg: OnlineDPOConfig) -> None:
     check_range("rounds", cfg.rounds, lo=1)
     check_range("prompts_per_round", cfg.prompts_per_round, lo=1)
     check_range("eval_samples", cfg.eval_samples, lo=0)
+    if cfg.labeller not in ("rewards", "studio"):
+        raise ConfigError(f"labeller must be rewards|studio, got '{cfg.labeller}'")
+    if cfg.labeller == "studio":
+        cfg.studio.check_ready("studio.", cfg.rollout.num_generations)
     if cfg.rollout.num_generations < 2:
         raise ConfigError(f"online DPO needs rollout.num_generations >= 2 (a pair needs two responses), got "
                           f"{cfg.rollout.num_generations}")
@@ -197,12 +215,23 @@ class OnlineDPO:
                                        stop=list(cfg.rollout.stop))
         self.completions = CompletionLog.for_run(cfg.train)  # train.log_completions: every N rounds
         self.state: dict = {}  # saved with every checkpoint (bco_pair's running mean)
+        self.trainer = None  # set by build(): a round stopped for want of labels checkpoints through it
+        # the studio database (every process checks the settings; only the main one publishes and waits)
+        self.studio = human_loop.open_studio(cfg.studio) if cfg.labeller == "studio" else None
 
     # ----------------------------------------------------------------- one round
     def iteration(self, model, micro_batches: list, step: int, update) -> dict:
         """One round, top to bottom: rollout -> score -> pairs -> reference -> the epochs of updates."""
-        cfg, policy = self.cfg, _plain(model)
         exs = [ex for mb in micro_batches for ex in mb]
+        if self.cfg.labeller == "studio":
+            pairs, m = self.human_round(exs, step)
+        else:
+            pairs, m = self.scored_round(exs, step)
+        self.train_round(model, pairs, step, update)
+        return m
+
+    def scored_round(self, exs: list[Example], step: int) -> tuple[list[Example], dict]:
+        """rollout -> score(labeller) -> best-vs-worst pairs of every process."""
         traj = rollout(self.engine, exs, self.sampling, row_offset=dist_rank() * len(exs) * self.n)
         release = getattr(self.engine, "release", None)
         if release is not None:
@@ -213,6 +242,77 @@ class OnlineDPO:
         m = {"rollout/reward": sum(res.total) / len(res.total), "rollout/pairs": float(len(pairs)),
              "rollout/prompts": float(len(exs) * dist_world()),
              "rollout/gen_tokens_per_s": traj.num_tokens / max(traj.gen_seconds, 1e-9)}
+        return pairs, m
+
+    def human_round(self, exs: list[Example], step: int) -> tuple[list[Example], dict]:
+        """rollout -> a studio project -> people's labels -> best-vs-worst pairs (every process
+        gets them all). A restarted round reads the project it published before."""
+        sc, name = self.cfg.studio, human_loop.round_name(self.cfg.studio, step)
+        main = dist_rank() == 0  # (the process group exists once the loop runs, not yet in __init__)
+        found = _from_main(human_loop.published(self.studio, name) if main else None)
+        m = {"rollout/prompts": float(len(exs) * dist_world())}
+        if not found:
+            traj = rollout(self.engine, exs, self.sampling, row_offset=dist_rank() * len(exs) * self.n)
+            release = getattr(self.engine, "release", None)
+            if release is not None:
+                release()
+            m["rollout/gen_tokens_per_s"] = traj.num_tokens / max(traj.gen_seconds, 1e-9)
+            records = gather_pairs(human_loop.round_records(exs, traj.completion_ids, traj.texts, self.n,
+                                                            self.tok.decode))
+            if main:
+                human_loop.publish(self.studio, sc, name, records, seed=self.cfg.train.seed * 100_003 + step)
+                self.log(f"[online-dpo] round {step + 1}: published {len(records)} items to studio project "
+                         f"'{name}' ({sc.kind}); waiting for labels (timeout {sc.timeout_s:g}s)"
+                         + ("" if sc.names() else "; no annotator is assigned (studio.annotators): assign some "
+                            f"with rlhfkit studio project assign {name} --users NAME,..."))
+        else:
+            m["rollout/gen_tokens_per_s"] = 0.0
+            self.log(f"[online-dpo] round {step + 1}: studio project '{name}' was published before; reading its "
+                     "labels (no new samples)")
+        out = None
+        if main:
+            t0 = time.monotonic()
+            term = lambda: bool(getattr(self.trainer, "_term", False))  # noqa: E731 - SIGTERM seen by the loop
+            p, items, votes, complete = human_loop.wait_for_labels(self.studio, sc, name, self.log, interrupted=term)
+            pairs, labelled = human_loop.label_pairs(p["kind"], items, votes, self.n)
+            out = {"pairs": pairs, "labelled": labelled, "items": len(items), "complete": complete, "term": term(),
+                   "labels": sum(len(v) for v in votes.values()), "wait_s": time.monotonic() - t0}
+        out = _from_main(out)
+        pairs = out["pairs"]
+        if out["term"]:
+            self._stop_for_labels(step, name, out, sigterm=True)
+        if not out["complete"]:
+            if out["labelled"] < sc.min_labels:
+                self._stop_for_labels(step, name, out)
+            self.log(f"[online-dpo] round {step + 1}: timeout after {sc.timeout_s:g}s; training on the "
+                     f"{out['labelled']}/{out['items']} labelled items of '{name}'")
+        m.update({"rollout/pairs": float(len(pairs)), "studio/labelled_items": float(out["labelled"]),
+                  "studio/items": float(out["items"]), "studio/labels": float(out["labels"]),
+                  "studio/wait_s": out["wait_s"]})
+        return pairs, m
+
+    def _stop_for_labels(self, step: int, name: str, out: dict, sigterm: bool = False) -> None:
+        """Too few labels after the timeout, or SIGTERM while waiting: checkpoint the finished
+        rounds (if not already) and stop; a resumed run reads the same project."""
+        tr, saved = self.trainer, ""
+        if tr is not None and step > 0:
+            every = tr.cfg.save_steps
+            if not (every and step % every == 0):
+                tr._save(step)
+            saved = f"; checkpoint after round {step}: {tr.last_good}"
+        if sigterm:
+            raise Preempted(f"terminated by SIGTERM while round {step + 1} waited for the labels of studio project "
+                            f"'{name}' ({out['labelled']} of {out['items']} items labelled){saved}; continue with "
+                            "--train.resume true (the round reads the same project and its labels)")
+        raise human_loop.LabelsMissing(
+            f"round {step + 1}: {out['labelled']} of {out['items']} items of studio project '{name}' labelled after "
+            f"studio.timeout_s={self.cfg.studio.timeout_s:g}s, fewer than studio.min_labels="
+            f"{self.cfg.studio.min_labels}{saved}. Label more items, then continue with --train.resume true "
+            "(the round reads the same project)")
+
+    def train_round(self, model, pairs: list[Example], step: int, update) -> None:
+        """reference log-probs of the pairs, then the epochs of DPO updates."""
+        cfg, policy = self.cfg, _plain(model)
         if self.ref.mode == "precompute" and pairs:
             self.ref.precompute(pairs, self.collate, cfg.train.eval_batch_size)  # π_ref = the policy now
         elif self.ref.mode == "model" and cfg.reference_update == "refresh":
@@ -233,7 +333,6 @@ class OnlineDPO:
         if not updates:
             self.log(f"[online-dpo] round {step + 1}: {len(pairs)} pair(s), too few for one update "
                      f"(every prompt's responses tie, or fewer than train.grad_accum x processes); no update")
-        return m
 
     def step(self, model, batch) -> LossOutput:
         return LossOutput(*dpo.dpo_step(model, batch, self.ref, self.dcfg, self.cfg.train.logprob_chunk, self.state))
@@ -250,6 +349,15 @@ class OnlineDPO:
             sampled = dataclasses.replace(self.sampling, n=self.cfg.eval_samples)
             res["sampled/reward"] = _mean(score(self.rewards, rollout(engine, evals, sampled), self.log).total)
         return res
+
+
+def _from_main(obj):
+    """``obj`` of the main process on every process."""
+    if dist_world() == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _mean(xs: list[float]) -> float:
@@ -291,7 +399,13 @@ def build(cfg: OnlineDPOConfig, log=print, model=None, tokenizer=None) -> Traine
         evaluate=(lambda m: od.evaluate(m, evals)) if evals else None, state=od.state,
         save=lambda m, path: save_model(m, tokenizer, path, cfg.model.lora, cfg))
     trainer = Trainer(loop_cfg, recipe, log)
-    trainer.close_rewards = rewards.close
+    od.trainer = trainer
+
+    def close():
+        rewards.close()
+        if od.studio is not None:
+            od.studio.dispose()
+    trainer.close_rewards = close
     return trainer
 
 
