@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(default 0.6; 0 = off)")
     ins = sub.add_parser("inspect", help="data-quality report of a preference file (pairs, listwise, thumbs): "
                          "ties, strength, length bias, duplicates, near-duplicates, prompt diversity, lengths")
-    ins.add_argument("data", help="a .jsonl/.json/.parquet/.csv file (optionally .gz) or a hub dataset name")
+    ins.add_argument("data", help="a .jsonl/.json/.parquet/.csv file (optionally .gz), a hub dataset name or a "
+                     "studio project studio://DIR::PROJECT (its export plus agreement and label statistics)")
     ins.add_argument("--out", default="", help="folder for report.json and PNG plots (default: none, print only)")
     ins.add_argument("--rows", default="", help="row range 'start:stop' in file order (default all)")
     ins.add_argument("--split", default="train", help="split of a hub dataset (default train)")

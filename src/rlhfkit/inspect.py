@@ -1,12 +1,15 @@
 """``rlhfkit inspect DATA``: the data-quality report of a preference file (pairs, listwise or
 unpaired thumbs rows) — ties, preference strength, length bias, exact and near-duplicate rows,
-prompt diversity, lengths, and annotator agreement when labels by person are given.
+prompt diversity, lengths, and annotator agreement when labels by person are given. A studio
+project (``studio://[DIR::]PROJECT``) is inspected as its exported rows plus the statistics of
+its raw labels (agreement, ties, strength, position bias, per-annotator quality, time per label).
 
 Definitions: ``docs/algorithms.md#data-inspection`` (and ``#annotator-agreement``). Files are
 read and validated by the training loaders (:func:`rlhfkit.data.loading.load_rows`,
 :func:`rlhfkit.data.formats.normalize_row`), so a bad file fails here with the same message
 (file, row, field) as in training. :func:`inspect_rows` takes a list of row dicts (a studio
-project's export, an in-memory dataset); :func:`inspect_path` wraps it for files.
+project's export, an in-memory dataset); :func:`inspect_path` wraps it for files and studio
+projects (:func:`studio_annotations`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .data.formats import _squash, detect_kind, normalize_row
-from .data.loading import RawRows, load_rows
+from .data.loading import RawRows, load_rows, parse_row_range
 from .errors import ConfigError, DataError
 from .studio.agreement import agreement_report, wilson_interval
 
@@ -314,12 +317,84 @@ def inspect_rows(rows: Sequence[dict] | RawRows, *, source: str = "(rows)", kind
     return rep
 
 
-def inspect_path(path: str, *, split: str = "train", rows: str = "", columns: str = "", **kw) -> dict:
-    """:func:`inspect_rows` on a file or hub dataset read by the training loader."""
-    from .data.pipeline import rename_columns
+def annotation_stats(progress: dict, labels: list[dict]) -> dict:
+    """Statistics of a studio project's raw labels (pure): ``progress`` is
+    :func:`rlhfkit.studio.progress.project_progress` of the project (items done, per-annotator
+    counts and median seconds, agreement and position bias), ``labels`` its labels as
+    :func:`rlhfkit.studio.db.project_labels` returns them. Adds the label outcomes (pairwise:
+    win / tie / both bad), ``tied_labels`` (pairwise: "tie"; ranking and rating: labels giving two
+    responses the same rank or rating; thumbs: None), the distribution of the pairwise strength
+    1-3 over winning labels, seconds per label and per-annotator agreement with the majority and
+    gold next to the annotator's counts. See ``docs/algorithms.md#data-inspection``."""
+    kind = progress["kind"]
+    kept = [lab for lab in labels if not lab["skipped"]]
+    out = {k: progress[k] for k in ("project", "kind", "overlap", "items", "items_done", "items_started", "labels")}
+    out["skips"] = len(labels) - len(kept)
+    out["outcomes"], out["strength"], out["tied_labels"] = None, None, None
+    if kind == "pairwise":
+        oc = collections.Counter(lab["value"]["outcome"] for lab in kept)
+        out["outcomes"] = {k: oc.get(k, 0) for k in ("win", "tie", "both_bad")}
+        out["tied_labels"] = oc.get("tie", 0)
+        given = [lab["value"].get("strength") for lab in kept if lab["value"]["outcome"] == "win"]
+        known = [v for v in given if v is not None]
+        out["strength"] = {"counts": {str(v): known.count(v) for v in (1, 2, 3)}, "none": len(given) - len(known),
+                           "mean": sum(known) / len(known) if known else None}
+    elif kind in ("ranking", "rating"):
+        field = "ranks" if kind == "ranking" else "ratings"
+        out["tied_labels"] = sum(len(set(lab["value"][field])) < len(lab["value"][field]) for lab in kept)
+    secs = [lab["seconds"] for lab in kept if lab["seconds"] is not None]
+    out["seconds"] = {**summarize(secs), "unknown": len(kept) - len(secs)}
+    ag = progress["agreement"]
+    per = ag.get("per_annotator", {}) if ag.get("available") else {}
+    out["annotators"] = {name: {**a, **{k: per.get(name, {}).get(k) for k in
+                                        ("majority_items", "majority_agreement", "gold_items", "gold_agreement")}}
+                         for name, a in progress["annotators"].items()}
+    return out
 
-    raw = rename_columns(load_rows(path, split=split, rows=rows or None), columns)
-    return inspect_rows(raw, **kw)
+
+def studio_annotations(path: str) -> tuple[dict, dict]:
+    """(agreement, annotation statistics) of the project a ``studio://`` path names: the agreement
+    section of :func:`rlhfkit.studio.progress.project_progress` (``{"available": False,
+    "reason"}`` when it cannot be computed) and :func:`annotation_stats`. A missing database or
+    project is a one-line :class:`DataError`."""
+    from .studio.db import StudioError, open_db, project_labels
+    from .studio.export import parse_studio_path
+    from .studio.progress import project_progress
+
+    directory, url, project, _ = parse_studio_path(path)
+    try:
+        engine = open_db(directory, url)
+        try:
+            progress = project_progress(engine, project)
+            labels = project_labels(engine, project)[2]
+        finally:
+            engine.dispose()
+    except StudioError as e:
+        raise DataError(str(e), source=path) from e
+    return progress["agreement"], annotation_stats(progress, labels)
+
+
+def inspect_path(path: str, *, split: str = "train", rows: str = "", columns: str = "", **kw) -> dict:
+    """:func:`inspect_rows` on a file or hub dataset read by the training loader, or on a studio
+    project (``studio://[DIR::]PROJECT[?options]``): its exported rows (``rows`` selects among
+    them) and, under ``agreement`` and ``studio``, the statistics of all its labels."""
+    from .data.pipeline import rename_columns
+    from .studio.export import PREFIX
+
+    if not str(path).startswith(PREFIX):
+        raw = rename_columns(load_rows(path, split=split, rows=rows or None), columns)
+        return inspect_rows(raw, **kw)
+    from .studio.export import studio_rows
+
+    agreement, studio = studio_annotations(str(path))
+    export: dict = {}
+    exported = studio_rows(str(path), KINDS, stats=export)
+    sel = parse_row_range(rows or None, len(exported))
+    raw = rename_columns(RawRows(str(path), [exported[i] for i in sel], list(sel)), columns)
+    rep = inspect_rows(raw, **kw)
+    rep["agreement"] = agreement
+    rep["studio"] = {**studio, "export": export}
+    return rep
 
 
 # --------------------------------------------------------------------------- output
@@ -383,12 +458,49 @@ def format_report(rep: dict) -> str:
     a = rep["agreement"]
     if a is None:
         row("annotator agreement", "n/a (no per-annotator labels in this data)")
+    elif a.get("available", True) is False:
+        row("annotator agreement", f"unavailable: {a['reason']}")
     else:
         row("annotator agreement", f"{a['annotators']} annotators, {a['items_multi']} items with >= 2 labels")
         for key in ("cohen_kappa", "fleiss_kappa", "krippendorff_alpha"):
             row(f"  {key.replace('_', ' ')}", _f(a.get(key)))
         row("  flagged annotators", ", ".join(a["flagged"]) or "none")
+        pb = a.get("position_bias")
+        if pb is not None:
+            row("  position bias", "n/a (no decided pairwise label)" if pb["first_rate"] is None else
+                f"first shown chosen {pb['first_rate']:.3f} [95% CI {pb['ci95'][0]:.3f}, {pb['ci95'][1]:.3f}] "
+                f"({pb['first']} of {pb['decided']} decided; p = {pb['p_value']:.3g}; 0.5 = none)")
+    if rep.get("studio"):
+        _format_studio(rep["studio"], row, lines)
     return "\n".join(lines)
+
+
+def _format_studio(st: dict, row, lines: list[str]) -> None:
+    """The studio project's label statistics (see :func:`annotation_stats`)."""
+    row("studio project", f"{st['project']} ({st['kind']}, overlap {st['overlap']}): {st['items']} items, "
+        f"{st['items_done']} done, {st['items_started']} started; {st['labels']} labels, {st['skips']} skips")
+    ex = {k: v for k, v in st.get("export", {}).items() if k not in ("format", "rows")}
+    if ex:
+        row(f"  export as {st['export'].get('format')}", ", ".join(f"{k.replace('_', ' ')}: {v}"
+                                                                  for k, v in sorted(ex.items())))
+    if st["outcomes"] is not None:
+        oc = st["outcomes"]
+        row("  label outcomes", f"{oc['win']} win, {oc['tie']} tie, {oc['both_bad']} both bad")
+    elif st["tied_labels"] is not None:
+        row("  tied labels", f"{st['tied_labels']} (two responses given the same rank / rating)")
+    s = st["strength"]
+    if s is not None:
+        row("  label strength 1 / 2 / 3", " / ".join(str(s["counts"][k]) for k in ("1", "2", "3"))
+            + f" (mean {_f(s['mean'])}; {s['none']} wins without a strength)")
+    sec = st["seconds"]
+    row("  seconds per label", "n/a (no timed label)" if not sec["n"] else
+        f"{sec['n']} labels: median {_f(sec['p50'], 1)}, mean {_f(sec['mean'], 1)}, "
+        f"p5-p95 {_f(sec['p5'], 1)}..{_f(sec['p95'], 1)}" + (f" ({sec['unknown']} untimed)" if sec["unknown"] else ""))
+    lines.append("  per annotator: labels / skips / median seconds / agreement with majority / with gold")
+    for name, a in st["annotators"].items():
+        row(f"    {name}", f"{a['labels']} / {a['skips']} / {_f(a['median_seconds'], 1)} / "
+            f"{_f(a['majority_agreement'])} ({a['majority_items'] or 0} items) / "
+            f"{_f(a['gold_agreement'])} ({a['gold_items'] or 0} items)")
 
 
 def write_outputs(rep: dict, out_dir: str) -> list[str]:

@@ -230,9 +230,10 @@ def parse_studio_path(path: str) -> tuple[str | None, str | None, str, dict]:
     return directory, url, project, opts
 
 
-def studio_rows(path: str, prefer: tuple[str, ...] = ()) -> list[dict]:
+def studio_rows(path: str, prefer: tuple[str, ...] = (), *, stats: dict | None = None) -> list[dict]:
     """The exported rows of a ``studio://`` path; ``prefer``: the data kinds the caller reads
-    (choose the format when the path names none)."""
+    (choose the format when the path names none); ``stats`` as in :func:`export_rows` (plus the
+    ``format`` used)."""
     from .db import StudioError, open_db
 
     directory, url, project, opts = parse_studio_path(path)
@@ -240,11 +241,13 @@ def studio_rows(path: str, prefer: tuple[str, ...] = ()) -> list[dict]:
     try:
         engine = open_db(directory, url)
         try:
-            rows = export_rows(engine, project, fmt, **opts)
+            rows = export_rows(engine, project, fmt, stats=stats, **opts)
         finally:
             engine.dispose()
     except StudioError as e:
         raise DataError(str(e), source=path) from e
+    if stats is not None:
+        stats["format"] = fmt
     if not rows:
         raise DataError(f"project '{project}' has no labelled items to export as {fmt} (yet)", source=path)
     return rows
