@@ -44,7 +44,7 @@ def run(mode: str, data: str, work: str, args) -> dict:
     cli = ["sft", "--model.name", args.model, "--data.path", data, "--train.max_steps", str(args.steps),
            "--train.batch_size", str(args.batch), "--train.output_dir", os.path.join(out, "run"),
            "--train.progress", "false", "--train.tensorboard", "false", "--train.threads", "1",
-           "--train.eval_steps", "0", "--train.fsdp", "true" if mode == "fsdp" else "false"]
+           "--train.eval_steps", "0", "--train.fsdp", "true" if mode == "fsdp" else "false", *args.extra]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.abspath(__file__), "--child", out, "--", *cli]
     t0 = time.perf_counter()
@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more rlhfkit sft arguments for both runs")
     args = ap.parse_args()
     from rlhfkit.tasks.arithmetic import make_problems, sft_rows
 

@@ -171,7 +171,15 @@ class FullCopy:
     collective that only the writing process would enter."""
 
     def __init__(self, model: nn.Module):
-        self.skeleton = copy.deepcopy(model).to("meta")
+        # deepcopy with every parameter and buffer pre-mapped to a meta tensor: the structure is
+        # copied, the weights never are (tied weights map to one meta tensor and stay tied)
+        memo: dict = {}
+        for t in list(model.parameters()) + list(model.buffers()):
+            if id(t) not in memo:
+                meta = torch.empty_like(t, device="meta")
+                memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) \
+                    else meta
+        self.skeleton = copy.deepcopy(model, memo)
 
     @contextlib.contextmanager
     def gathered(self, model: nn.Module, main: bool):
@@ -182,13 +190,18 @@ class FullCopy:
             del full
             yield None
             return
-        sk = self.skeleton.to_empty(device="cpu")
+        sk = self.skeleton
         try:
-            missing, unexpected = sk.load_state_dict(full, strict=False)
+            # the gathered tensors become the copy's own (assign): no second copy of the weights
+            missing, unexpected = sk.load_state_dict(full, strict=False, assign=True)
             if unexpected or [k for k in missing if k in dict(sk.named_parameters())]:
                 raise TrainingError(f"train.fsdp: the gathered weights do not fit the model (missing {missing[:3]}, "
                                     f"unexpected {unexpected[:3]})")
             del full
+            for m in sk.modules():  # buffers outside the state dict (e.g. rotary tables) get storage
+                for name, b in list(m._buffers.items()):
+                    if b is not None and b.is_meta:
+                        m._buffers[name] = torch.zeros_like(b, device="cpu")
             for m in sk.modules():  # tied input/output embeddings stay one tensor
                 if hasattr(m, "tie_weights") and getattr(getattr(m, "config", None), "tie_word_embeddings", False):
                     m.tie_weights()
