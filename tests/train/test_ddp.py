@@ -26,6 +26,27 @@ def launch(procs: int, args: list[str], env: dict) -> None:
     assert p.returncode == 0, p.stderr[-3000:]
 
 
+def kill_two_processes_after(args: list[str], out: str, env: dict, steps: int) -> None:
+    """Launch ``args`` on 2 processes into ``out`` and SIGKILL the whole launch (launcher and
+    workers) once ``steps`` steps are logged; it must have written a checkpoint and no final/."""
+    import signal
+    import time
+
+    pre = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rlhfkit.cli"]
+    proc = subprocess.Popen(pre + args + ["--train.output_dir", out], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(os.path.join(out, "metrics.jsonl")) and len(curve(out)) >= steps:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not os.path.isdir(os.path.join(out, "final"))
+    assert any(n.startswith("step-") for n in os.listdir(os.path.join(out, "checkpoints"))), "killed too early"
+
+
 def curve(out, key="train/loss"):
     with open(os.path.join(out, "metrics.jsonl")) as f:
         return [json.loads(line)[key] for line in f if key in line]
@@ -74,9 +95,6 @@ def test_two_process_grpo_killed_and_resumed_matches_uninterrupted(tiny_dir, tmp
     """SIGKILL to the whole launch (launcher and both workers) after a checkpoint, then
     --train.resume under 2 processes again: the same losses and rollouts as an
     uninterrupted 2-process run, and a metrics file without gaps or duplicates."""
-    import signal
-    import time
-
     args = ["grpo", "--task", "arithmetic", "--task_size", "16", "--task_eval_size", "0",
             "--rewards", "fn:ddp_rewards:length", "--rollout.num_generations", "2",
             "--rollout.max_new_tokens", "6", "--kl_coef", "0.05", "--eval_samples", "0",
@@ -84,19 +102,7 @@ def test_two_process_grpo_killed_and_resumed_matches_uninterrupted(tiny_dir, tmp
             "--train.max_steps", "6", *COMMON[2:]]
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     launch(2, args + ["--train.output_dir", a], env)
-    pre = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rlhfkit.cli"]
-    proc = subprocess.Popen(pre + args + ["--train.output_dir", b], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(os.path.join(b, "metrics.jsonl")) and len(curve(b)) >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not os.path.isdir(os.path.join(b, "final"))
-    assert os.listdir(os.path.join(b, "checkpoints")), "killed before the first checkpoint"
+    kill_two_processes_after(args, b, env, steps=3)
     launch(2, args + ["--train.output_dir", b, "--train.resume", "true"], env)
     with open(os.path.join(b, "metrics.jsonl")) as f:
         steps = [json.loads(line)["step"] for line in f if "train/loss" in line]

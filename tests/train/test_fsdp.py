@@ -13,17 +13,15 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from rlhfkit.tasks.arithmetic import make_problems, preference_rows, sft_rows
 from conftest import write_jsonl
-from test_ddp import curve, env, launch  # noqa: F401  (env: the fixture)
+from test_ddp import curve, env, kill_two_processes_after, launch  # noqa: F401  (env: the fixture)
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gloo launch tested on Linux")
 
@@ -95,19 +93,7 @@ def test_fsdp_kill9_and_resume_matches_uninterrupted(tiny_dir, tmp_path, env):
                                                      "--train.batch_size", "2", "--train.fsdp", "true"]
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     launch(2, args + ["--train.output_dir", a], env)
-    pre = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rlhfkit.cli"]
-    proc = subprocess.Popen(pre + args + ["--train.output_dir", b], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(os.path.join(b, "metrics.jsonl")) and len(curve(b)) >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not os.path.isdir(os.path.join(b, "final"))
-    assert any(n.startswith("step-") for n in os.listdir(os.path.join(b, "checkpoints"))), "killed too early"
+    kill_two_processes_after(args, b, env, steps=3)
     launch(2, args + ["--train.output_dir", b, "--train.resume", "true"], env)
     with open(os.path.join(b, "metrics.jsonl")) as f:
         steps = [json.loads(line)["step"] for line in f if "train/loss" in line]
@@ -169,3 +155,12 @@ def test_a_plain_checkpoint_does_not_resume_under_fsdp(tiny_dir, tmp_path, env):
                         "--train.fsdp", "true", "--train.resume_allow", "max_steps,fsdp"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode != 0 and "without train.fsdp" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_sharded_checkpoint_does_not_resume_without_fsdp(tiny_dir, tmp_path, env):
+    args = recipe_args("sft", tmp_path, tiny_dir) + ["--train.batch_size", "4", "--train.save_optimizer", "true",
+                                                     "--train.output_dir", str(tmp_path / "r")]
+    launch(1, args + ["--train.max_steps", "1", "--train.fsdp", "true"], env)
+    p = subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args, "--train.max_steps", "2", "--train.resume", "true",
+                        "--train.resume_allow", "max_steps,fsdp"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode != 0 and "is sharded" in p.stderr and "Traceback" not in p.stderr

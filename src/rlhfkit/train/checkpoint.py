@@ -448,16 +448,10 @@ def load_state(path: str, *, model) -> tuple[dict, dict]:
     """Restore the weights and RNG states of a ``save_state`` checkpoint; return
     (its JSON state, its states). Every file is checked against its sha256 as it is read;
     no file is unpickled."""
-    if os.path.exists(os.path.join(path, LEGACY_PICKLE)):
-        raise TrainingError(f"checkpoint {path} holds {LEGACY_PICKLE}, a pickle that could run code when "
-                            "loaded; refused. Resume from a checkpoint written by this version, or start over")
-    try:
-        with open(os.path.join(path, MANIFEST)) as f:
-            manifest = json.load(f)
-        if manifest.get("format") != FORMAT:
-            raise ValueError("format")
-    except (OSError, ValueError, AttributeError) as e:
-        raise TrainingError(f"checkpoint {path} has no valid manifest; it cannot be verified") from e
+    manifest = _manifest(path)
+    if manifest.get("sharded"):
+        raise TrainingError(f"checkpoint {path} is sharded (written with train.fsdp); resume it with --train.fsdp "
+                            "true (the same setting the run was started with)")
     weights = load_bytes(_read_verified(path, "trainable.safetensors", manifest))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
