@@ -380,15 +380,17 @@ def test_dynamic_sampling_stops_after_its_rounds(tiny_dir, tmp_path, reward_modu
 # ------------------------------------------------------------------ 6. overlong penalty
 def capture_scores(monkeypatch):
     """The rewards' own totals (before any shaping) and the trajectories they scored."""
-    seen = []
-    score = rl.score
+    from rlhfkit.rl import experience
 
-    def rec(rewards, traj, log=print):
-        res = score(rewards, traj, log)
+    seen = []
+    score = experience.score
+
+    def rec(rewards, traj, log=print, precomputed=None):
+        res = score(rewards, traj, log, precomputed=precomputed)
         seen.append((traj, list(res.total)))
         return res
 
-    monkeypatch.setattr(rl, "score", rec)
+    monkeypatch.setattr(experience, "score", rec)  # what rollout_scored calls
     return seen
 
 
