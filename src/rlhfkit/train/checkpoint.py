@@ -303,14 +303,6 @@ def finish_sharded(root: str, step: int, world: int, *, scheduler, state: dict, 
     return final
 
 
-def is_sharded_checkpoint(path: str) -> bool:
-    try:
-        with open(os.path.join(path, MANIFEST)) as f:
-            return bool(json.load(f).get("sharded"))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def _manifest(path: str) -> dict:
     if os.path.exists(os.path.join(path, LEGACY_PICKLE)):
         raise TrainingError(f"checkpoint {path} holds {LEGACY_PICKLE}, a pickle that could run code when "

@@ -58,12 +58,6 @@ def _dtensor_type():
     return DTensor
 
 
-def is_sharded(model) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return any(isinstance(m, FSDPModule) for m in model.modules())
-
-
 def block_classes(model) -> set[str]:
     """Names of the transformer-block classes of every Hugging Face model inside ``model``."""
     names: set[str] = set()

@@ -49,7 +49,7 @@ from .setup import (check_train_config, make_optimizer, make_scheduler,  # noqa:
 from . import export
 from . import fsdp
 from .checkpoint import (begin_sharded, finish_sharded, latest_checkpoint, list_checkpoints, load_checkpoint,
-                         load_sharded_checkpoint, save_checkpoint, write_shard)
+                         load_sharded_checkpoint, save_checkpoint, sharded_tmp, write_shard)
 from .rundir import examples_fingerprint, file_fingerprints, prepare_run_dir
 
 RUN_CONFIG: contextvars.ContextVar = contextvars.ContextVar("rlhfkit_run_config", default=None)
@@ -361,7 +361,7 @@ class Trainer:
             self._agree(err)
         self.accelerator.wait_for_everyone()
         try:
-            write_shard(os.path.join(self.ckpt_dir, f".step-{step:06d}-sharded"), self.rank, self.world, states, shapes)
+            write_shard(sharded_tmp(self.ckpt_dir, step), self.rank, self.world, states, shapes)
         except TrainingError as e:
             err = str(e)
         self._agree(err)
